@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The whole test suite, in order, stopping at the first failure:
+#   setup → cargo fmt --check → clippy (-D warnings) → cargo test → native release build
+#   (the CLI the e2e test compares with) → web build (pkg/) → browser e2e tests (node --test).
+# Build caches live outside the clone: CARGO_TARGET_DIR (default ~/.cache/dreamdist/target) and
+# the wasm target dir of scripts/wasm-env.sh. A timing summary per stage is printed at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DREAMDIST_CACHE="${DREAMDIST_CACHE:-$HOME/.cache/dreamdist}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$DREAMDIST_CACHE/target}"
+export DREAMDIST_BIN="${DREAMDIST_BIN:-$CARGO_TARGET_DIR/release/dreamdist}"
+
+names=()
+secs=()
+current=""
+started=$(date +%s%N)
+
+summary() {
+  local rc=$?
+  local i
+  echo >&2
+  echo "test: ---- summary ----" >&2
+  for i in "${!names[@]}"; do
+    printf 'test: %-34s %8s s  ok\n' "${names[$i]}" "${secs[$i]}" >&2
+  done
+  if [ -n "$current" ]; then
+    printf 'test: %-34s %8s s  FAILED (exit %d)\n' "$current" "$(elapsed "$stage_start")" "$rc" >&2
+  fi
+  printf 'test: %-34s %8s s  %s\n' "total" "$(elapsed "$started")" "$([ "$rc" = 0 ] && echo PASSED || echo FAILED)" >&2
+}
+trap summary EXIT
+
+elapsed() { awk -v a="$1" -v b="$(date +%s%N)" 'BEGIN { printf "%.1f", (b - a) / 1e9 }'; }
+
+stage() {
+  current="$1"
+  shift
+  echo "test: ==> $current" >&2
+  stage_start=$(date +%s%N)
+  "$@"
+  names+=("$current")
+  secs+=("$(elapsed "$stage_start")")
+  current=""
+}
+
+stage "setup"                              scripts/setup.sh
+stage "cargo fmt --check"                  cargo fmt --check
+stage "cargo clippy (-D warnings)"         cargo clippy --release --all-targets -- -D warnings
+stage "cargo test --release"               cargo test --release
+stage "cargo build --release (CLI)"        cargo build --release
+stage "web build (scripts/build-web.sh)"   scripts/build-web.sh
+stage "e2e (node --test, Chromium)"        bash -c 'cd tests/e2e && node --test'

@@ -1,0 +1,158 @@
+//! Devices and the crate's single readback path.
+//!
+//! Rule of the crate: tensor data only leaves a device through [`read`] / [`read_scalar`]
+//! (async). The browser has no synchronous readback (`into_data()` panics there), so every
+//! code path shared with the web build awaits these; native callers use [`block_on`].
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::Serialize;
+
+use crate::{Error, Result};
+
+/// Which backend runs the tensors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// burn's `flex` CPU backend (native only).
+    Cpu,
+    /// wgpu: WebGPU in the browser; Vulkan/Metal/DX12 natively.
+    Wgpu,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "wgpu" | "gpu" => Ok(Self::Wgpu),
+            _ => Err(Error::Invalid(format!("unknown backend {s:?} (expected cpu or wgpu)"))),
+        }
+    }
+}
+
+/// What the GPU adapter offers, as reported to the user and the UI.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AdapterInfo {
+    /// Backend kind ("cpu" or "wgpu").
+    pub backend: String,
+    /// Adapter name.
+    pub name: String,
+    /// Vendor string or id.
+    pub vendor: String,
+    /// Architecture (e.g. "swiftshader").
+    pub architecture: String,
+    /// Graphics API behind wgpu (BrowserWebGpu, Vulkan, Metal, ...).
+    pub graphics_api: String,
+    /// Device type (DiscreteGpu, Cpu, ...).
+    pub device_type: String,
+    /// Driver description.
+    pub driver: String,
+    /// Whether the adapter supports f16 in shaders (optional fast path).
+    pub shader_f16: bool,
+    /// Whether the adapter supports subgroup operations.
+    pub subgroups: bool,
+    /// Largest buffer the device accepts, in bytes.
+    pub max_buffer_size: u64,
+    /// Largest storage-buffer binding, in bytes.
+    pub max_storage_buffer_binding_size: u64,
+    /// Workgroup shared memory, in bytes.
+    pub max_compute_workgroup_storage_size: u32,
+    /// Invocations per workgroup.
+    pub max_compute_invocations_per_workgroup: u32,
+    /// Storage buffers per shader stage.
+    pub max_storage_buffers_per_shader_stage: u32,
+}
+
+impl AdapterInfo {
+    fn from_setup(setup: &burn::tensor::wgpu::WgpuSetup) -> Self {
+        use burn::tensor::wgpu::wgpu::Features;
+        let info = setup.adapter.get_info();
+        let limits = setup.device.limits();
+        let features = setup.device.features();
+        Self {
+            backend: "wgpu".into(),
+            name: info.name,
+            vendor: if info.vendor == 0 { String::new() } else { format!("0x{:04x}", info.vendor) },
+            architecture: String::new(),
+            graphics_api: format!("{:?}", info.backend),
+            device_type: format!("{:?}", info.device_type),
+            driver: [info.driver, info.driver_info].join(" ").trim().to_string(),
+            shader_f16: features.contains(Features::SHADER_F16),
+            subgroups: features.contains(Features::SUBGROUP),
+            max_buffer_size: limits.max_buffer_size,
+            max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size as u64,
+            max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
+            max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+            max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
+        }
+    }
+
+    /// The description of the CPU backend.
+    pub fn cpu() -> Self {
+        Self { backend: "cpu".into(), name: "burn flex (CPU)".into(), ..Default::default() }
+    }
+}
+
+/// Initialises burn's wgpu runtime asynchronously (the only way in a browser) and reports the
+/// adapter. The device requests the adapter's own limits and features.
+pub async fn wgpu_device_async() -> Result<(Device, AdapterInfo)> {
+    let (device, setup) = Device::wgpu_options()
+        .init_with_setup_async()
+        .await
+        .map_err(|e| Error::Device(format!("WebGPU/wgpu initialisation failed: {e}")))?;
+    Ok((device, AdapterInfo::from_setup(&setup)))
+}
+
+/// Native: the CPU device (burn's `flex` backend).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn cpu_device() -> Device {
+    Device::flex()
+}
+
+/// Native: a device of the given kind, with a description of it.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn device(kind: BackendKind) -> Result<(Device, AdapterInfo)> {
+    match kind {
+        BackendKind::Cpu => Ok((cpu_device(), AdapterInfo::cpu())),
+        BackendKind::Wgpu => block_on(wgpu_device_async()),
+    }
+}
+
+/// Native: runs a future to completion on this thread.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    pollster::block_on(f)
+}
+
+/// Reads a float tensor back to the host as `f32` values (row-major).
+pub async fn read<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    let data: TensorData =
+        t.into_data_async().await.map_err(|e| Error::Readback(format!("{e:?}")))?;
+    data.convert::<f32>().try_into_vec::<f32>().map_err(|e| Error::Readback(format!("{e:?}")))
+}
+
+/// Reads a one-element tensor back as `f32`.
+pub async fn read_scalar<const D: usize>(t: Tensor<D>) -> Result<f32> {
+    let v = read(t.reshape([1])).await?;
+    Ok(v[0])
+}
+
+/// Uploads host values as a float tensor of the given shape.
+pub fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
+    debug_assert_eq!(values.len(), shape.iter().product::<usize>());
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+/// Milliseconds from an arbitrary origin (`std::time::Instant` does not exist in the browser).
+pub fn now_ms() -> f64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        js_sys::Date::now()
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use std::sync::OnceLock;
+        static START: OnceLock<std::time::Instant> = OnceLock::new();
+        START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64() * 1000.0
+    }
+}

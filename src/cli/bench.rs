@@ -1,0 +1,158 @@
+//! `dreamdist bench`: timings and peak memory of the full-size architecture (random weights).
+use std::io::Write;
+
+use burn::tensor::Tensor;
+use clap::Args;
+use dreamdist::backend::{block_on, now_ms, read, tensor};
+use dreamdist::model::{ModelSpec, StableDiffusion};
+use dreamdist::rng::Rng;
+use dreamdist::tokenizer::ClipTokenizer;
+use dreamdist::train::{TrainConfig, Trainer};
+
+use super::common::{peak_rss, reset_peak_rss};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Model architecture (random weights): sd21, sd21-base or tiny.
+    #[arg(long, default_value = "sd21")]
+    model: String,
+    /// Backend: cpu or wgpu.
+    #[arg(long, default_value = "cpu")]
+    backend: dreamdist::backend::BackendKind,
+    /// Image sides in pixels.
+    #[arg(long, value_delimiter = ',', default_values_t = [256usize, 512])]
+    sizes: Vec<usize>,
+    /// What to time: unet (forward + backward w.r.t. encoder_hidden_states), train (one step).
+    #[arg(long, value_delimiter = ',', default_values_t = ["unet".to_string(), "train".to_string()])]
+    what: Vec<String>,
+    /// Timed repetitions after one warm-up.
+    #[arg(long, default_value_t = 1)]
+    iters: usize,
+    /// Prompts K for the training step.
+    #[arg(long, default_value_t = 32)]
+    k: usize,
+    /// Tokens per prompt M.
+    #[arg(long, default_value_t = 4)]
+    m: usize,
+    /// Samples S.
+    #[arg(long, default_value_t = 4)]
+    samples: usize,
+    /// Also write the table (markdown) to this file.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+}
+
+struct Row {
+    what: String,
+    size: usize,
+    first_ms: f64,
+    best_ms: f64,
+    peak: Option<u64>,
+}
+
+fn measure(iters: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<(f64, f64, Option<u64>)> {
+    let can_reset = reset_peak_rss();
+    let t0 = now_ms();
+    f()?;
+    let first = now_ms() - t0;
+    let mut best = first;
+    for _ in 0..iters {
+        let t = now_ms();
+        f()?;
+        best = best.min(now_ms() - t);
+    }
+    Ok((first, best, if can_reset { peak_rss() } else { None }))
+}
+
+pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+    let spec = ModelSpec::from_id(&a.model)?;
+    let (device, info) = dreamdist::backend::device(a.backend)?;
+    let device = device.autodiff();
+    eprintln!("bench: building {} with random weights on {} ...", spec.id, info.name);
+    let t0 = now_ms();
+    let sd = StableDiffusion::random(spec.clone(), &device, 0);
+    eprintln!("bench: built in {:.1} s, peak RSS {:.2} GiB", (now_ms() - t0) / 1000.0, peak_rss().unwrap_or(0) as f64 / (1u64 << 30) as f64);
+    let tokenizer = ClipTokenizer::sd2()?;
+    let hidden = spec.clip.hidden_size;
+    let mut rows = vec![];
+    let mut rng = Rng::new(1);
+    for &size in &a.sizes {
+        let lat = size / spec.vae.downscale();
+        if a.what.iter().any(|w| w == "unet") {
+            let x = tensor(rng.normal_vec(4 * lat * lat), [1, 4, lat, lat], &device);
+            let ctx = tensor(rng.normal_vec(77 * hidden), [1, 77, hidden], &device);
+            let (first, best, peak) = measure(a.iters, || {
+                let out = sd.unet.forward(x.clone(), &[500.0], &ctx);
+                block_on(read(out.sum()))?;
+                Ok(())
+            })?;
+            rows.push(Row { what: "UNet forward (batch 1)".into(), size, first_ms: first, best_ms: best, peak });
+            let (first, best, peak) = measure(a.iters, || {
+                let c = ctx.clone().require_grad();
+                let out = sd.unet.forward(x.clone(), &[500.0], &c);
+                let grads = out.powi_scalar(2).mean().backward();
+                let g = c.grad(&grads).ok_or_else(|| anyhow::anyhow!("no gradient"))?;
+                block_on(read(g.sum()))?;
+                Ok(())
+            })?;
+            rows.push(Row { what: "UNet fwd+bwd w.r.t. encoder_hidden_states".into(), size, first_ms: first, best_ms: best, peak });
+        }
+        if a.what.iter().any(|w| w == "train") {
+            let img: Tensor<4> = tensor(rng.uniform_vec(3 * size * size, -1.0, 1.0), [1, 3, size, size], &device);
+            let cfg = TrainConfig { k: a.k, m: a.m, samples: a.samples, resolution: size, ..TrainConfig::default() };
+            let mut trainer = block_on(Trainer::new(cfg, &sd, &tokenizer, &[img]))?;
+            let (first, best, peak) = measure(a.iters, || {
+                block_on(trainer.step(&sd))?;
+                Ok(())
+            })?;
+            rows.push(Row { what: format!("train step K={} M={} S={}", a.k, a.m, a.samples), size, first_ms: first, best_ms: best, peak });
+            // Parts: the text encoder alone (K prompts, forward + backward to V).
+            let (first, best, peak) = measure(a.iters, || {
+                let v = trainer.prompts().require_grad();
+                let c = trainer.layout().encode(&sd.text, v.clone());
+                let grads = c.powi_scalar(2).mean().backward();
+                let g = v.grad(&grads).ok_or_else(|| anyhow::anyhow!("no gradient"))?;
+                block_on(read(g.sum()))?;
+                Ok(())
+            })?;
+            rows.push(Row { what: format!("  part: text encoder fwd+bwd, K={}", a.k), size, first_ms: first, best_ms: best, peak });
+            let xs = tensor(rng.normal_vec(a.samples * 4 * lat * lat), [a.samples, 4, lat, lat], &device);
+            let ctx = tensor(rng.normal_vec(a.samples * 77 * hidden), [a.samples, 77, hidden], &device);
+            let (first, best, peak) = measure(a.iters, || {
+                let c = ctx.clone().require_grad();
+                let out = sd.unet.forward(xs.clone(), &vec![500.0; a.samples], &c);
+                let grads = out.powi_scalar(2).mean().backward();
+                let g = c.grad(&grads).ok_or_else(|| anyhow::anyhow!("no gradient"))?;
+                block_on(read(g.sum()))?;
+                Ok(())
+            })?;
+            rows.push(Row { what: format!("  part: UNet fwd+bwd, batch S={}", a.samples), size, first_ms: first, best_ms: best, peak });
+        }
+    }
+    let mut table = format!(
+        "dreamdist bench: model {} (random weights), backend {} ({}), {} CPU threads\n\n| what | image | first (s) | best of {} (s) | peak RSS (GiB) |\n|---|---|---|---|---|\n",
+        spec.id,
+        a.backend_name(),
+        info.name,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        a.iters
+    );
+    for r in &rows {
+        let peak = r.peak.map_or("n/a".to_string(), |p| format!("{:.2}", p as f64 / (1u64 << 30) as f64));
+        table += &format!("| {} | {}² | {:.2} | {:.2} | {} |\n", r.what, r.size, r.first_ms / 1000.0, r.best_ms / 1000.0, peak);
+    }
+    print!("{table}");
+    if let Some(p) = &a.out {
+        std::fs::File::create(p)?.write_all(table.as_bytes())?;
+    }
+    Ok(())
+}
+
+impl BenchArgs {
+    fn backend_name(&self) -> &'static str {
+        match self.backend {
+            dreamdist::backend::BackendKind::Cpu => "cpu",
+            dreamdist::backend::BackendKind::Wgpu => "wgpu",
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Reference images → training tensors, with the resize/crop policy and clear errors.
+//!
+//! Policy: decode (PNG, JPEG, WebP), refuse anything over [`MAX_SIDE`] px per side or
+//! [`MAX_PIXELS`] in total (checked from the header, before decoding) and anything under
+//! [`MIN_SIDE`] px on its shorter side; convert to RGB (alpha composited on white); resize so the
+//! shorter side equals the training resolution (Catmull-Rom), centre-crop a square; scale to [-1, 1].
+use burn::tensor::{Device, Tensor};
+
+use crate::backend::tensor;
+use crate::{Error, Result};
+
+/// Largest accepted side, in pixels.
+pub const MAX_SIDE: u32 = 16384;
+/// Largest accepted pixel count.
+pub const MAX_PIXELS: u64 = 64 * 1024 * 1024;
+/// Smallest accepted shorter side, in pixels.
+pub const MIN_SIDE: u32 = 64;
+
+/// Decodes and preprocesses one image to `[3, R, R]` values in [-1, 1] (row-major, CHW).
+pub fn preprocess(bytes: &[u8], resolution: usize, name: &str) -> Result<Vec<f32>> {
+    use image::ImageReader;
+    use std::io::Cursor;
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::Invalid(format!("{name}: unreadable: {e}")))?;
+    if reader.format().is_none() {
+        return Err(Error::Invalid(format!("{name}: not an image (PNG, JPEG or WebP expected)")));
+    }
+    let (w, h) = reader
+        .into_dimensions()
+        .map_err(|e| Error::Invalid(format!("{name}: not a readable image: {e}")))?;
+    if w > MAX_SIDE || h > MAX_SIDE || (w as u64) * (h as u64) > MAX_PIXELS {
+        return Err(Error::Invalid(format!(
+            "{name}: {w}×{h} is too large (at most {MAX_SIDE} px per side and {} megapixels)",
+            MAX_PIXELS / (1024 * 1024)
+        )));
+    }
+    if w.min(h) < MIN_SIDE {
+        return Err(Error::Invalid(format!("{name}: {w}×{h} is too small (shorter side at least {MIN_SIDE} px)")));
+    }
+    let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| Error::Invalid(format!("{name}: {e}")))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_PIXELS * 4 * 2);
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| Error::Invalid(format!("{name}: cannot decode: {e}")))?;
+    let rgba = img.to_rgba8();
+    // Composite alpha on white.
+    let mut rgb = image::RgbImage::new(w, h);
+    for (dst, src) in rgb.pixels_mut().zip(rgba.pixels()) {
+        let a = src[3] as f32 / 255.0;
+        for c in 0..3 {
+            dst[c] = (src[c] as f32 * a + 255.0 * (1.0 - a)).round() as u8;
+        }
+    }
+    let r = resolution as u32;
+    let scale = r as f64 / w.min(h) as f64;
+    let (nw, nh) = (((w as f64 * scale).round() as u32).max(r), ((h as f64 * scale).round() as u32).max(r));
+    let resized = image::imageops::resize(&rgb, nw, nh, image::imageops::FilterType::CatmullRom);
+    let (x0, y0) = ((nw - r) / 2, (nh - r) / 2);
+    let crop = image::imageops::crop_imm(&resized, x0, y0, r, r).to_image();
+    let plane = resolution * resolution;
+    let mut out = vec![0f32; 3 * plane];
+    for (i, p) in crop.pixels().enumerate() {
+        for c in 0..3 {
+            out[c * plane + i] = p[c] as f32 / 127.5 - 1.0;
+        }
+    }
+    Ok(out)
+}
+
+/// [`preprocess`] and upload as `[1, 3, R, R]`.
+pub fn load(bytes: &[u8], resolution: usize, name: &str, device: &Device) -> Result<Tensor<4>> {
+    Ok(tensor(preprocess(bytes, resolution, name)?, [1, 3, resolution, resolution], device))
+}
+
+/// Encodes RGB bytes as PNG with `tEXt` chunks (key, value) describing how it was made.
+pub fn encode_png(img: &crate::pipeline::RgbImage, text: &[(String, String)]) -> Result<Vec<u8>> {
+    use image::ImageEncoder;
+    let mut plain = vec![];
+    image::codecs::png::PngEncoder::new(&mut plain)
+        .write_image(&img.pixels, img.width as u32, img.height as u32, image::ExtendedColorType::Rgb8)
+        .map_err(|e| Error::Invalid(format!("PNG encoding failed: {e}")))?;
+    // Insert tEXt chunks right after IHDR (8-byte signature + 25-byte IHDR chunk).
+    let split = 8 + 25;
+    let mut out = plain[..split].to_vec();
+    for (k, v) in text {
+        let mut data = k.as_bytes().to_vec();
+        data.push(0);
+        data.extend(v.as_bytes());
+        out.extend((data.len() as u32).to_be_bytes());
+        let mut chunk = b"tEXt".to_vec();
+        chunk.extend(&data);
+        out.extend(&chunk);
+        out.extend(crc32(&chunk).to_be_bytes());
+    }
+    out.extend(&plain[split..]);
+    Ok(out)
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}

@@ -1,0 +1,162 @@
+//! The self-test operations against naive, independently written references (f64 loops),
+//! on the CPU backend and on native wgpu (lavapipe here), each checked on repeated calls.
+use dreamdist::backend::{self, BackendKind, block_on, read};
+use dreamdist::selftest::{self, Inputs, shapes};
+
+fn matmul(a: &[f32], b: &[f32], n: usize, k: usize, m: usize) -> Vec<f64> {
+    let mut out = vec![0.0; n * m];
+    for i in 0..n {
+        for j in 0..m {
+            out[i * m + j] = (0..k).map(|p| a[i * k + p] as f64 * b[p * m + j] as f64).sum();
+        }
+    }
+    out
+}
+
+/// 3×3 convolution, stride 1, padding 1, `[1, ci, s, s]` → `[1, co, s, s]`.
+fn conv3x3(x: &[f64], w: &[f32], b: &[f32], ci: usize, co: usize, s: usize) -> Vec<f64> {
+    let mut out = vec![0.0; co * s * s];
+    for o in 0..co {
+        for y in 0..s {
+            for xx in 0..s {
+                let mut acc = b[o] as f64;
+                for c in 0..ci {
+                    for ky in 0..3 {
+                        for kx in 0..3 {
+                            let (iy, ix) = (y as isize + ky as isize - 1, xx as isize + kx as isize - 1);
+                            if iy >= 0 && ix >= 0 && (iy as usize) < s && (ix as usize) < s {
+                                acc += x[(c * s + iy as usize) * s + ix as usize] * w[((o * ci + c) * 3 + ky) * 3 + kx] as f64;
+                            }
+                        }
+                    }
+                }
+                out[(o * s + y) * s + xx] = acc;
+            }
+        }
+    }
+    out
+}
+
+/// Group norm of `[n, c, hw]` with `g` groups, eps 1e-5, per-channel affine.
+fn group_norm(x: &[f64], n: usize, c: usize, hw: usize, g: usize, w: &[f32], b: &[f32]) -> Vec<f64> {
+    let mut out = vec![0.0; x.len()];
+    let cg = c / g;
+    for i in 0..n {
+        for gi in 0..g {
+            let idx: Vec<usize> = (gi * cg..(gi + 1) * cg).flat_map(|ch| (0..hw).map(move |p| (i * c + ch) * hw + p)).collect();
+            let mean = idx.iter().map(|&j| x[j]).sum::<f64>() / idx.len() as f64;
+            let var = idx.iter().map(|&j| (x[j] - mean).powi(2)).sum::<f64>() / idx.len() as f64;
+            for &j in &idx {
+                let ch = (j / hw) % c;
+                out[j] = (x[j] - mean) / (var + 1e-5).sqrt() * w[ch] as f64 + b[ch] as f64;
+            }
+        }
+    }
+    out
+}
+
+fn attention(q: &[f32], k: &[f32], v: &[f32], b: usize, lq: usize, lk: usize, dim: usize, heads: usize) -> Vec<f64> {
+    let d = dim / heads;
+    let mut out = vec![0.0; b * lq * dim];
+    for bi in 0..b {
+        for h in 0..heads {
+            for i in 0..lq {
+                let scores: Vec<f64> = (0..lk)
+                    .map(|j| {
+                        (0..d).map(|p| q[(bi * lq + i) * dim + h * d + p] as f64 * k[(bi * lk + j) * dim + h * d + p] as f64).sum::<f64>()
+                            / (d as f64).sqrt()
+                    })
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for p in 0..d {
+                    out[(bi * lq + i) * dim + h * d + p] = (0..lk).map(|j| e[j] / z * v[(bi * lk + j) * dim + h * d + p] as f64).sum();
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The backward op's loss: sum(silu(groupnorm₄(conv(x))) · r).
+fn backward_loss(inp: &Inputs, x: &[f64]) -> f64 {
+    let y = conv3x3(x, &inp.conv_w, &inp.conv_b, 8, 16, 16);
+    let y = group_norm(&y, 1, 16, 256, 4, &inp.gn_w[..16], &inp.gn_b[..16]);
+    y.iter().zip(&inp.r).map(|(v, r)| v / (1.0 + (-v).exp()) * *r as f64).sum()
+}
+
+fn assert_close(name: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64) {
+    assert_eq!(got.len(), want.len(), "{name}: length");
+    let mut worst = 0.0f64;
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let err = (*g as f64 - w).abs();
+        assert!(err <= atol + rtol * w.abs(), "{name}[{i}]: got {g}, want {w} (|diff| {err})");
+        worst = worst.max(err);
+    }
+    eprintln!("{name}: max |diff| {worst:.3e}");
+}
+
+fn check_backend(kind: BackendKind) {
+    let (device, info) = backend::device(kind).unwrap_or_else(|e| panic!("{kind:?} device unavailable: {e}"));
+    eprintln!("backend {kind:?}: {} ({})", info.name, info.graphics_api);
+    let inp = Inputs::new(selftest::SEED);
+    let x64: Vec<f64> = inp.conv_x.iter().map(|&v| v as f64).collect();
+    let want_mm = matmul(&inp.a, &inp.b, 64, 96, 48);
+    let want_conv = conv3x3(&x64, &inp.conv_w, &inp.conv_b, 8, 16, 16);
+    let gn_x: Vec<f64> = inp.gn_x.iter().map(|&v| v as f64).collect();
+    let want_gn = group_norm(&gn_x, 2, 32, 64, shapes::GN_GROUPS, &inp.gn_w, &inp.gn_b);
+    let want_att = attention(&inp.q, &inp.k, &inp.v, 2, 16, 24, 64, shapes::HEADS);
+    // Central finite differences of the loss at a spread of input coordinates.
+    let probe: Vec<usize> = (0..inp.conv_x.len()).step_by(97).collect();
+    let h = 1e-4;
+    let want_grad: Vec<f64> = probe
+        .iter()
+        .map(|&i| {
+            let (mut a, mut b) = (x64.clone(), x64.clone());
+            a[i] += h;
+            b[i] -= h;
+            (backward_loss(&inp, &a) - backward_loss(&inp, &b)) / (2.0 * h)
+        })
+        .collect();
+    for round in 0..2 {
+        let o = selftest::run_ops(&inp, &device).expect("ops");
+        let tag = |s: &str| format!("{kind:?} round {round} {s}");
+        assert_close(&tag("matmul"), &block_on(read(o.matmul)).unwrap(), &want_mm, 1e-4, 1e-4);
+        assert_close(&tag("conv2d"), &block_on(read(o.conv2d)).unwrap(), &want_conv, 1e-4, 1e-4);
+        assert_close(&tag("group_norm"), &block_on(read(o.group_norm)).unwrap(), &want_gn, 1e-4, 1e-4);
+        assert_close(&tag("attention"), &block_on(read(o.attention)).unwrap(), &want_att, 1e-5, 1e-4);
+        let grad = block_on(read(o.backward)).unwrap();
+        let got: Vec<f32> = probe.iter().map(|&i| grad[i]).collect();
+        assert_close(&tag("backward"), &got, &want_grad, 2e-3, 2e-3);
+    }
+}
+
+#[test]
+fn ops_match_naive_references_on_cpu() {
+    check_backend(BackendKind::Cpu);
+}
+
+/// Native wgpu (lavapipe on machines without a GPU; `scripts/setup.sh` installs it).
+/// Set `DREAMDIST_SKIP_WGPU=1` only on machines with no Vulkan driver at all: the test then
+/// says so loudly instead of passing silently.
+#[test]
+fn ops_match_naive_references_on_wgpu() {
+    if std::env::var("DREAMDIST_SKIP_WGPU").as_deref() == Ok("1") {
+        eprintln!("WARNING: DREAMDIST_SKIP_WGPU=1: native wgpu ops NOT tested");
+        return;
+    }
+    check_backend(BackendKind::Wgpu);
+}
+
+#[test]
+fn selftest_report_is_identical_across_rounds_on_cpu() {
+    let device = backend::cpu_device();
+    let report = block_on(selftest::run(&device, "cpu", 2)).unwrap();
+    assert_eq!(report.rounds.len(), 2);
+    for (a, b) in report.rounds[0].ops.iter().zip(&report.rounds[1].ops) {
+        assert_eq!((&a.name, &a.shape, a.sum, &a.samples), (&b.name, &b.shape, b.sum, &b.samples));
+    }
+    let names: Vec<_> = report.rounds[0].ops.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, ["matmul", "conv2d", "group_norm", "attention", "backward"]);
+}

@@ -1,0 +1,57 @@
+// The WebGPU adapter card: name, API, device type, features and the limits that bound model size.
+import { h, replace, yesNo } from "./dom.js";
+import { int, kib, mib } from "./format.js";
+
+const API_NAMES = { BrowserWebGpu: "WebGPU (browser)", Vulkan: "Vulkan", Metal: "Metal", Dx12: "Direct3D 12", Gl: "OpenGL" };
+
+/** The best name available for the adapter. */
+export function adapterName(a) {
+  const b = a.browser ?? {};
+  return (
+    a.name ||
+    b.description ||
+    [b.vendor, b.architecture].filter(Boolean).join(" ") ||
+    "Unnamed adapter"
+  );
+}
+
+export function renderAdapter(root, adapter) {
+  if (!adapter) {
+    replace(root, h("p", { class: "muted" }, "No adapter."));
+    return;
+  }
+  const b = adapter.browser ?? {};
+  const vendor = [b.vendor || adapter.vendor, b.architecture || adapter.architecture].filter(Boolean).join(" · ");
+  const fallback = Boolean(b.isFallbackAdapter);
+  const facts = [
+    ["Vendor", vendor || "—"],
+    ["Graphics API", API_NAMES[adapter.graphicsApi] ?? adapter.graphicsApi ?? "—"],
+    ["Device type", adapter.deviceType || "—"],
+    [
+      "Fallback adapter",
+      fallback
+        ? h("span", { class: "badge warn", title: "A software adapter: it computes on the CPU" }, "yes (software)")
+        : h("span", { class: "badge yes" }, "no"),
+    ],
+    ["Shader f16", yesNo(adapter.shaderF16)],
+    ["Subgroups", yesNo(adapter.subgroups)],
+    ["Max buffer size", mib(adapter.maxBufferSize)],
+    ["Max storage binding", mib(adapter.maxStorageBufferBindingSize)],
+    ["Workgroup storage", kib(adapter.maxComputeWorkgroupStorageSize)],
+    ["Invocations / workgroup", int(adapter.maxComputeInvocationsPerWorkgroup)],
+    ["Storage buffers / stage", int(adapter.maxStorageBuffersPerShaderStage)],
+  ];
+  if (adapter.driver) facts.push(["Driver", adapter.driver]);
+  replace(
+    root,
+    h("p", { class: "adapter-name" }, adapterName(adapter)),
+    h("dl", { class: "facts" }, facts.map(([k, v]) => h("div", { class: "fact" }, h("dt", {}, k), h("dd", {}, v)))),
+    fallback
+      ? h(
+          "p",
+          { class: "note" },
+          "This is a software (CPU) fallback adapter: results are correct, but much slower than on a GPU.",
+        )
+      : null,
+  );
+}
