@@ -109,3 +109,32 @@ impl StableDiffusion {
         Self::from_bytes(spec, text, unet, vae, device)
     }
 }
+
+impl StableDiffusion {
+    /// SHA-256 over every parameter's values of the three networks, in module order (used to
+    /// prove that training leaves the networks bit-identical).
+    pub async fn weights_fingerprint(&self) -> Result<String> {
+        use burn::module::{Module, ModuleVisitor, Param};
+        use burn::tensor::Tensor;
+        #[derive(Default)]
+        struct Collect(Vec<Tensor<1>>);
+        impl ModuleVisitor for Collect {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                let t = param.val();
+                let n = t.shape().num_elements();
+                self.0.push(t.reshape([n]));
+            }
+        }
+        let mut c = Collect::default();
+        self.text.visit(&mut c);
+        self.unet.visit(&mut c);
+        self.vae.visit(&mut c);
+        let mut bytes = Vec::new();
+        for t in c.0 {
+            for v in crate::backend::read(t).await? {
+                bytes.extend(v.to_le_bytes());
+            }
+        }
+        Ok(crate::weights::sha256_hex(&bytes))
+    }
+}

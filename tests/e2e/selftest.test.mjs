@@ -153,9 +153,9 @@ function mismatches(actual, expected) {
       const where = `${at} ${e.name}`;
       if (a.name !== e.name) out.push(`${at} op ${i}: name ${a.name} ≠ ${e.name}`);
       if (JSON.stringify(a.shape) !== JSON.stringify(e.shape)) out.push(`${where}: shape [${a.shape}] ≠ [${e.shape}]`);
-      // Relative 1e-3 of the sum's magnitude, floored at 1% of Σ|x| (a sum that cancels to
-      // near zero carries the rounding error of its terms, not of its value).
-      const sumScale = Math.max(Math.abs(e.sum), 1e-2 * Math.abs(e.sumAbs));
+      // Relative 1e-3 of the sum's magnitude, floored at 1e-3·Σ|x| (a sum that cancels to near
+      // zero, like group norm's, carries the rounding error of its terms, not of its value).
+      const sumScale = Math.max(Math.abs(e.sum), 1e-3 * Math.abs(e.sumAbs));
       if (!(Math.abs(a.sum - e.sum) <= SUM_REL * sumScale)) out.push(`${where}: sum ${fmt(a.sum)} ≠ ${fmt(e.sum)}`);
       if (!(Math.abs(a.sumAbs - e.sumAbs) <= SUM_REL * Math.abs(e.sumAbs))) {
         out.push(`${where}: sumAbs ${fmt(a.sumAbs)} ≠ ${fmt(e.sumAbs)}`);
