@@ -80,7 +80,7 @@ impl AdapterInfo {
             shader_f16: features.contains(Features::SHADER_F16),
             subgroups: features.contains(Features::SUBGROUP),
             max_buffer_size: limits.max_buffer_size,
-            max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size as u64,
+            max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
             max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
             max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
             max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
@@ -126,8 +126,7 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 
 /// Reads a float tensor back to the host as `f32` values (row-major).
 pub async fn read<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
-    let data: TensorData =
-        t.into_data_async().await.map_err(|e| Error::Readback(format!("{e:?}")))?;
+    let data: TensorData = t.into_data_async().await.map_err(|e| Error::Readback(format!("{e:?}")))?;
     data.convert::<f32>().try_into_vec::<f32>().map_err(|e| Error::Readback(format!("{e:?}")))
 }
 

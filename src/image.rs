@@ -26,9 +26,7 @@ pub fn preprocess(bytes: &[u8], resolution: usize, name: &str) -> Result<Vec<f32
     if reader.format().is_none() {
         return Err(Error::Invalid(format!("{name}: not an image (PNG, JPEG or WebP expected)")));
     }
-    let (w, h) = reader
-        .into_dimensions()
-        .map_err(|e| Error::Invalid(format!("{name}: not a readable image: {e}")))?;
+    let (w, h) = reader.into_dimensions().map_err(|e| Error::Invalid(format!("{name}: not a readable image: {e}")))?;
     if w > MAX_SIDE || h > MAX_SIDE || (w as u64) * (h as u64) > MAX_PIXELS {
         return Err(Error::Invalid(format!(
             "{name}: {w}×{h} is too large (at most {MAX_SIDE} px per side and {} megapixels)",
@@ -38,7 +36,9 @@ pub fn preprocess(bytes: &[u8], resolution: usize, name: &str) -> Result<Vec<f32
     if w.min(h) < MIN_SIDE {
         return Err(Error::Invalid(format!("{name}: {w}×{h} is too small (shorter side at least {MIN_SIDE} px)")));
     }
-    let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| Error::Invalid(format!("{name}: {e}")))?;
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::Invalid(format!("{name}: {e}")))?;
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);

@@ -61,7 +61,8 @@ impl Io {
 
     fn tensor<const D: usize>(&self, name: &str, device: &burn::tensor::Device) -> Result<Tensor<D>> {
         let (shape, v) = self.float(name)?;
-        let shape: [usize; D] = shape.clone().try_into().map_err(|_| Error::Invalid(format!("{name}: expected rank {D}")))?;
+        let shape: [usize; D] =
+            shape.clone().try_into().map_err(|_| Error::Invalid(format!("{name}: expected rank {D}")))?;
         Ok(tensor(v.clone(), shape, device))
     }
 

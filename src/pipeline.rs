@@ -49,7 +49,10 @@ pub struct RgbImage {
 pub fn encode_text(sd: &StableDiffusion, tokenizer: &ClipTokenizer, text: &str) -> Result<Tensor<3>> {
     let ids = tokenizer.encode(text)?;
     let device = crate::train::model_device(sd);
-    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [1, 77]), &device);
+    let ids = Tensor::<2, Int>::from_data(
+        TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [1, 77]),
+        &device,
+    );
     Ok(sd.text.forward(ids))
 }
 
@@ -71,8 +74,11 @@ pub async fn generate(
     mut on_step: impl FnMut(usize, usize),
 ) -> Result<RgbImage> {
     let down = sd.spec.vae.downscale();
-    if cfg.size == 0 || cfg.size % down != 0 || cfg.size > 2048 {
-        return Err(Error::Invalid(format!("image size {} must be a positive multiple of {down} up to 2048", cfg.size)));
+    if cfg.size == 0 || !cfg.size.is_multiple_of(down) || cfg.size > 2048 {
+        return Err(Error::Invalid(format!(
+            "image size {} must be a positive multiple of {down} up to 2048",
+            cfg.size
+        )));
     }
     if cfg.steps == 0 || cfg.steps > 1000 {
         return Err(Error::Invalid(format!("steps must be in 1..=1000, got {}", cfg.steps)));

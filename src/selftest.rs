@@ -6,11 +6,11 @@ use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::Result;
 use crate::backend::{now_ms, read, tensor};
 use crate::model::nn::{Conv2d, GroupNorm, attention};
 use crate::rng::Rng;
 use crate::weights::{MapSource, Vb};
-use crate::Result;
 
 /// Host inputs of the self-test, drawn from a fixed seed.
 #[derive(Clone, Debug)]
@@ -160,18 +160,13 @@ pub fn run_ops(inp: &Inputs, device: &Device) -> Result<Outputs> {
     use shapes::*;
     let matmul = tensor(inp.a.clone(), A, device).matmul(tensor(inp.b.clone(), B, device));
 
-    let conv_vb = Vb::new(
-        MapSource::default().with("weight", inp.conv_w.clone()).with("bias", inp.conv_b.clone()),
-        device,
-    );
+    let conv_vb =
+        Vb::new(MapSource::default().with("weight", inp.conv_w.clone()).with("bias", inp.conv_b.clone()), device);
     let conv = Conv2d::new(&conv_vb, 8, 16, 3, 1, 1);
     conv_vb.finish()?;
     let conv2d = conv.forward(tensor(inp.conv_x.clone(), CONV_X, device));
 
-    let gn_vb = Vb::new(
-        MapSource::default().with("weight", inp.gn_w.clone()).with("bias", inp.gn_b.clone()),
-        device,
-    );
+    let gn_vb = Vb::new(MapSource::default().with("weight", inp.gn_w.clone()).with("bias", inp.gn_b.clone()), device);
     let gn = GroupNorm::new(&gn_vb, GN_GROUPS, 32, 1e-5);
     gn_vb.finish()?;
     let group_norm = gn.forward(tensor(inp.gn_x.clone(), GN_X, device));
@@ -201,9 +196,7 @@ pub fn run_ops(inp: &Inputs, device: &Device) -> Result<Outputs> {
     let y = silu(gn_ad.forward(conv_ad.forward(x.clone())));
     let loss = (y * tensor(inp.r.clone(), [1, 16, 16, 16], &ad)).sum();
     let grads = loss.backward();
-    let backward = x
-        .grad(&grads)
-        .ok_or_else(|| crate::Error::Device("no gradient for the self-test input".into()))?;
+    let backward = x.grad(&grads).ok_or_else(|| crate::Error::Device("no gradient for the self-test input".into()))?;
     Ok(Outputs { matmul, conv2d, group_norm, attention, backward: backward.without_autodiff() })
 }
 

@@ -146,7 +146,14 @@ pub struct Trainer {
 
 /// The denoising loss of conditionings `cond` `[S, 77, H]` on latent `x0` `[1, 4, h, w]` at
 /// timestep `t` with noise `eps`: mean over samples and elements of (target − UNet(xₜ, t, c̃))².
-pub fn denoise_loss(sd: &StableDiffusion, schedule: &NoiseSchedule, cond: Tensor<3>, x0: Tensor<4>, eps: Tensor<4>, t: usize) -> Tensor<1> {
+pub fn denoise_loss(
+    sd: &StableDiffusion,
+    schedule: &NoiseSchedule,
+    cond: Tensor<3>,
+    x0: Tensor<4>,
+    eps: Tensor<4>,
+    t: usize,
+) -> Tensor<1> {
     let s = cond.dims()[0];
     let [_, c, h, w] = x0.dims();
     let xt = schedule.add_noise(x0.clone(), eps.clone(), &[t]);
@@ -158,7 +165,12 @@ pub fn denoise_loss(sd: &StableDiffusion, schedule: &NoiseSchedule, cond: Tensor
 impl Trainer {
     /// Sets up training on `images` (each `[1, 3, R, R]` in [-1, 1]); the models must live on
     /// an autodiff device. The VAE posterior of each image is computed once and cached.
-    pub async fn new(cfg: TrainConfig, sd: &StableDiffusion, tokenizer: &ClipTokenizer, images: &[Tensor<4>]) -> Result<Self> {
+    pub async fn new(
+        cfg: TrainConfig,
+        sd: &StableDiffusion,
+        tokenizer: &ClipTokenizer,
+        images: &[Tensor<4>],
+    ) -> Result<Self> {
         if images.is_empty() {
             return Err(Error::Invalid("training needs at least one reference image".into()));
         }
@@ -241,7 +253,12 @@ impl Trainer {
 
     /// Fits the Gaussian of the current prompts under `template` (text-guided editing when it
     /// differs from the training template).
-    pub fn gaussian(&self, sd: &StableDiffusion, tokenizer: &ClipTokenizer, template: &Template) -> Result<PromptGaussian> {
+    pub fn gaussian(
+        &self,
+        sd: &StableDiffusion,
+        tokenizer: &ClipTokenizer,
+        template: &Template,
+    ) -> Result<PromptGaussian> {
         fit_gaussian(sd, tokenizer, template, self.v.clone().detach())
     }
 
@@ -263,7 +280,10 @@ impl Trainer {
         let dims = self.v.dims();
         let n: usize = dims.iter().product();
         if st.prompts.len() != n || st.adam_m.len() != n || st.adam_v.len() != n {
-            return Err(Error::Invalid(format!("checkpoint shapes do not match K={} M={} H={}", dims[0], dims[1], dims[2])));
+            return Err(Error::Invalid(format!(
+                "checkpoint shapes do not match K={} M={} H={}",
+                dims[0], dims[1], dims[2]
+            )));
         }
         let device = self.v.device();
         self.v = tensor(st.prompts, dims, &device);
@@ -297,7 +317,12 @@ pub struct TrainerState {
 }
 
 /// Encodes prompts `v` `[K, M, H]` under `template` and fits μ, σ.
-pub fn fit_gaussian(sd: &StableDiffusion, tokenizer: &ClipTokenizer, template: &Template, v: Tensor<3>) -> Result<PromptGaussian> {
+pub fn fit_gaussian(
+    sd: &StableDiffusion,
+    tokenizer: &ClipTokenizer,
+    template: &Template,
+    v: Tensor<3>,
+) -> Result<PromptGaussian> {
     let layout = PromptLayout::new(tokenizer, template, v.dims()[1])?;
     Ok(PromptGaussian::fit(layout.encode(&sd.text, v)))
 }
@@ -387,7 +412,8 @@ pub fn restore_from_file(trainer: &mut Trainer, file: &crate::dist::file::DistFi
             trainer.cfg
         )));
     }
-    let rng = Rng::from_words(&opt.rng).ok_or_else(|| Error::Invalid("checkpoint generator state is malformed".into()))?;
+    let rng =
+        Rng::from_words(&opt.rng).ok_or_else(|| Error::Invalid("checkpoint generator state is malformed".into()))?;
     let step = opt.extra["trainer_step"].as_u64().ok_or_else(|| Error::Invalid("checkpoint has no step".into()))?;
     trainer.restore(TrainerState {
         step,

@@ -92,13 +92,17 @@ fn ortho_loss_on_eos_and_flat_features() {
     let got = block_on(read(ortho_loss(tensor(c, [3, 2, 2], &d), 1, OrthoFeatures::Flat))).unwrap()[0];
     assert!((got - want).abs() < 1e-6, "{got} vs {want}");
     // K = 1: no pairs.
-    let one = block_on(read(ortho_loss(tensor(vec![1.0, 2.0, 3.0, 4.0], [1, 2, 2], &d), 1, OrthoFeatures::Eos))).unwrap()[0];
+    let one =
+        block_on(read(ortho_loss(tensor(vec![1.0, 2.0, 3.0, 4.0], [1, 2, 2], &d), 1, OrthoFeatures::Eos))).unwrap()[0];
     assert_eq!(one, 0.0);
 }
 
 #[test]
 fn templates_and_layouts() {
-    assert_eq!(Template::parse("a watercolor of {} at night").unwrap(), Template { prefix: "a watercolor of".into(), suffix: "at night".into() });
+    assert_eq!(
+        Template::parse("a watercolor of {} at night").unwrap(),
+        Template { prefix: "a watercolor of".into(), suffix: "at night".into() }
+    );
     assert_eq!(Template::parse("{}").unwrap(), Template::bare());
     assert!(Template::parse("no slot").is_err());
     assert!(Template::parse("{} and {}").is_err());

@@ -25,7 +25,8 @@ fn conv3x3(x: &[f64], w: &[f32], b: &[f32], ci: usize, co: usize, s: usize) -> V
                         for kx in 0..3 {
                             let (iy, ix) = (y as isize + ky as isize - 1, xx as isize + kx as isize - 1);
                             if iy >= 0 && ix >= 0 && (iy as usize) < s && (ix as usize) < s {
-                                acc += x[(c * s + iy as usize) * s + ix as usize] * w[((o * ci + c) * 3 + ky) * 3 + kx] as f64;
+                                acc += x[(c * s + iy as usize) * s + ix as usize]
+                                    * w[((o * ci + c) * 3 + ky) * 3 + kx] as f64;
                             }
                         }
                     }
@@ -43,7 +44,8 @@ fn group_norm(x: &[f64], n: usize, c: usize, hw: usize, g: usize, w: &[f32], b: 
     let cg = c / g;
     for i in 0..n {
         for gi in 0..g {
-            let idx: Vec<usize> = (gi * cg..(gi + 1) * cg).flat_map(|ch| (0..hw).map(move |p| (i * c + ch) * hw + p)).collect();
+            let idx: Vec<usize> =
+                (gi * cg..(gi + 1) * cg).flat_map(|ch| (0..hw).map(move |p| (i * c + ch) * hw + p)).collect();
             let mean = idx.iter().map(|&j| x[j]).sum::<f64>() / idx.len() as f64;
             let var = idx.iter().map(|&j| (x[j] - mean).powi(2)).sum::<f64>() / idx.len() as f64;
             for &j in &idx {
@@ -63,7 +65,11 @@ fn attention(q: &[f32], k: &[f32], v: &[f32], b: usize, lq: usize, lk: usize, di
             for i in 0..lq {
                 let scores: Vec<f64> = (0..lk)
                     .map(|j| {
-                        (0..d).map(|p| q[(bi * lq + i) * dim + h * d + p] as f64 * k[(bi * lk + j) * dim + h * d + p] as f64).sum::<f64>()
+                        (0..d)
+                            .map(|p| {
+                                q[(bi * lq + i) * dim + h * d + p] as f64 * k[(bi * lk + j) * dim + h * d + p] as f64
+                            })
+                            .sum::<f64>()
                             / (d as f64).sqrt()
                     })
                     .collect();
@@ -71,7 +77,8 @@ fn attention(q: &[f32], k: &[f32], v: &[f32], b: usize, lq: usize, lk: usize, di
                 let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
                 let z: f64 = e.iter().sum();
                 for p in 0..d {
-                    out[(bi * lq + i) * dim + h * d + p] = (0..lk).map(|j| e[j] / z * v[(bi * lk + j) * dim + h * d + p] as f64).sum();
+                    out[(bi * lq + i) * dim + h * d + p] =
+                        (0..lk).map(|j| e[j] / z * v[(bi * lk + j) * dim + h * d + p] as f64).sum();
                 }
             }
         }

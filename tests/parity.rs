@@ -46,7 +46,16 @@ fn unet_matches_diffusers() {
     let checks = block_on(parity::unet(&sd, &io)).unwrap();
     assert_all(
         &checks,
-        &["unet.t_emb", "unet.emb", "unet.conv_in", "unet.down_blocks.0", "unet.down_blocks.1", "unet.mid_block", "unet.out", "unet.grad_encoder_hidden_states"],
+        &[
+            "unet.t_emb",
+            "unet.emb",
+            "unet.conv_in",
+            "unet.down_blocks.0",
+            "unet.down_blocks.1",
+            "unet.mid_block",
+            "unet.out",
+            "unet.grad_encoder_hidden_states",
+        ],
     );
 }
 
@@ -61,8 +70,15 @@ fn vae_matches_diffusers() {
 fn vae_loads_legacy_attention_key_names() {
     let device = cpu_device();
     let cfg = VaeConfig::tiny();
-    let legacy = load_from_file(&fixtures().join("vae_legacy_keys.safetensors"), VaeConfig::key_rewrites(), &device, |vb| Vae::new(vb, &cfg)).unwrap();
-    let current = load_from_file(&fixtures().join("vae.safetensors"), VaeConfig::key_rewrites(), &device, |vb| Vae::new(vb, &cfg)).unwrap();
+    let legacy =
+        load_from_file(&fixtures().join("vae_legacy_keys.safetensors"), VaeConfig::key_rewrites(), &device, |vb| {
+            Vae::new(vb, &cfg)
+        })
+        .unwrap();
+    let current = load_from_file(&fixtures().join("vae.safetensors"), VaeConfig::key_rewrites(), &device, |vb| {
+        Vae::new(vb, &cfg)
+    })
+    .unwrap();
     let x = tensor((0..4 * 64).map(|i| (i as f32 * 0.37).sin()).collect(), [1, 4, 8, 8], &device);
     let a = block_on(read(legacy.decode(x.clone()))).unwrap();
     let b = block_on(read(current.decode(x))).unwrap();
@@ -73,36 +89,51 @@ fn vae_loads_legacy_attention_key_names() {
 fn loading_reports_every_problem_by_name() {
     let device = cpu_device();
     // The UNet file is not a text encoder: everything is missing or unexpected.
-    let err = load_from_file(&fixtures().join("unet.safetensors"), ClipConfig::key_rewrites(), &device, |vb| ClipTextEncoder::new(vb, &ClipConfig::tiny()))
-        .unwrap_err()
-        .to_string();
+    let err = load_from_file(&fixtures().join("unet.safetensors"), ClipConfig::key_rewrites(), &device, |vb| {
+        ClipTextEncoder::new(vb, &ClipConfig::tiny())
+    })
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("missing") && err.contains("embeddings.token_embedding.weight"), "{err}");
     assert!(err.contains("unexpected") && err.contains("conv_in.weight"), "{err}");
     // A config that does not match the file: mis-shaped tensors are named with both shapes.
     let wide = UNetConfig { cross_attention_dim: 48, ..UNetConfig::tiny() };
-    let err = load_from_file(&fixtures().join("unet.safetensors"), &[], &device, |vb| UNet::new(vb, &wide)).unwrap_err().to_string();
-    assert!(err.contains("mis-shaped") && err.contains("attn2.to_k.weight has shape [32, 32], expected [32, 48]"), "{err}");
+    let err = load_from_file(&fixtures().join("unet.safetensors"), &[], &device, |vb| UNet::new(vb, &wide))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("mis-shaped") && err.contains("attn2.to_k.weight has shape [32, 32], expected [32, 48]"),
+        "{err}"
+    );
     // Truncated and garbage files.
     let bytes = std::fs::read(fixtures().join("vae.safetensors")).unwrap();
     for cut in [0, 7, 100, bytes.len() / 2, bytes.len() - 1] {
-        let err = dreamdist::weights::load_from_bytes(bytes[..cut].to_vec(), &[], &device, |vb| Vae::new(vb, &VaeConfig::tiny())).unwrap_err();
+        let err = dreamdist::weights::load_from_bytes(bytes[..cut].to_vec(), &[], &device, |vb| {
+            Vae::new(vb, &VaeConfig::tiny())
+        })
+        .unwrap_err();
         assert!(err.to_string().contains("not a valid safetensors file"), "cut {cut}: {err}");
     }
 }
 
 #[test]
 fn tiny_configs_match_the_reference_configs() {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("configs.json")).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("configs.json")).unwrap()).unwrap();
     let (t, u, a) = (&v["text_encoder"], &v["unet"], &v["vae"]);
     let c = ClipConfig::tiny();
-    assert_eq!((c.hidden_size, c.intermediate_size, c.num_heads, c.num_layers, c.vocab_size), (
-        t["hidden_size"].as_u64().unwrap() as usize,
-        t["intermediate_size"].as_u64().unwrap() as usize,
-        t["num_attention_heads"].as_u64().unwrap() as usize,
-        t["num_hidden_layers"].as_u64().unwrap() as usize,
-        t["vocab_size"].as_u64().unwrap() as usize,
-    ));
-    let n = |x: &serde_json::Value| x.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect::<Vec<_>>();
+    assert_eq!(
+        (c.hidden_size, c.intermediate_size, c.num_heads, c.num_layers, c.vocab_size),
+        (
+            t["hidden_size"].as_u64().unwrap() as usize,
+            t["intermediate_size"].as_u64().unwrap() as usize,
+            t["num_attention_heads"].as_u64().unwrap() as usize,
+            t["num_hidden_layers"].as_u64().unwrap() as usize,
+            t["vocab_size"].as_u64().unwrap() as usize,
+        )
+    );
+    let n =
+        |x: &serde_json::Value| x.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect::<Vec<_>>();
     let uc = UNetConfig::tiny();
     assert_eq!(uc.block_out_channels, n(&u["block_out_channels"]));
     assert_eq!(uc.heads, n(&u["attention_head_dim"]));

@@ -12,14 +12,21 @@ struct Fixture(HashMap<String, (Vec<usize>, Vec<f32>)>);
 
 impl Fixture {
     fn load() -> Self {
-        let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/schedulers.safetensors")).unwrap();
+        let bytes =
+            std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/schedulers.safetensors")).unwrap();
         let st = SafeTensors::deserialize(&bytes).unwrap();
         let mut map = HashMap::new();
         for (name, v) in st.tensors() {
             let vals: Vec<f32> = match v.dtype() {
-                safetensors::Dtype::F32 => v.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
-                safetensors::Dtype::F64 => v.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
-                safetensors::Dtype::I64 => v.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+                safetensors::Dtype::F32 => {
+                    v.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+                }
+                safetensors::Dtype::F64 => {
+                    v.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect()
+                }
+                safetensors::Dtype::I64 => {
+                    v.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32).collect()
+                }
                 d => panic!("{name}: dtype {d:?}"),
             };
             map.insert(name, (v.shape().to_vec(), vals));
@@ -53,7 +60,8 @@ fn schedule_matches_diffusers() {
     let shape: [usize; 4] = shape.clone().try_into().unwrap();
     let noise = f.vals("train.noise").to_vec();
     let ts: Vec<usize> = f.vals("train.timesteps").iter().map(|&t| t as usize).collect();
-    let noisy = block_on(read(s.add_noise(tensor(x0.clone(), shape, &d), tensor(noise.clone(), shape, &d), &ts))).unwrap();
+    let noisy =
+        block_on(read(s.add_noise(tensor(x0.clone(), shape, &d), tensor(noise.clone(), shape, &d), &ts))).unwrap();
     let vel = block_on(read(s.velocity(tensor(x0.clone(), shape, &d), tensor(noise, shape, &d), &ts))).unwrap();
     let (e1, e2) = (max_rel(&noisy, f.vals("train.noisy")), max_rel(&vel, f.vals("train.velocity")));
     eprintln!("add_noise rel err {e1:.2e}, velocity rel err {e2:.2e}");
@@ -65,15 +73,30 @@ fn samplers_match_diffusers() {
     let f = Fixture::load();
     let d = cpu_device();
     let mut runs = 0;
-    for (name, kind) in [("ddim", SamplerKind::Ddim), ("euler", SamplerKind::Euler), ("euler_a", SamplerKind::EulerAncestral), ("dpmpp2m", SamplerKind::DpmSolverPp2m)] {
+    for (name, kind) in [
+        ("ddim", SamplerKind::Ddim),
+        ("euler", SamplerKind::Euler),
+        ("euler_a", SamplerKind::EulerAncestral),
+        ("dpmpp2m", SamplerKind::DpmSolverPp2m),
+    ] {
         for (pname, pred) in [("epsilon", Prediction::Epsilon), ("v_prediction", Prediction::VPrediction)] {
             for steps in [7usize, 10] {
                 let key = |s: &str| format!("{name}.{pname}.{steps}.{s}");
                 let mut sampler = Sampler::new(kind, pred, NoiseSchedule::sd21(), steps);
                 let want_ts = f.vals(&key("timesteps"));
-                assert!(max_rel(sampler.timesteps(), want_ts) < 1e-6, "{}: timesteps {:?} vs {want_ts:?}", key(""), sampler.timesteps());
+                assert!(
+                    max_rel(sampler.timesteps(), want_ts) < 1e-6,
+                    "{}: timesteps {:?} vs {want_ts:?}",
+                    key(""),
+                    sampler.timesteps()
+                );
                 let sigma0 = f.vals(&key("init_noise_sigma"))[0];
-                assert!((sampler.init_noise_sigma() - sigma0).abs() <= 1e-5 * sigma0, "{}: init sigma {} vs {sigma0}", key(""), sampler.init_noise_sigma());
+                assert!(
+                    (sampler.init_noise_sigma() - sigma0).abs() <= 1e-5 * sigma0,
+                    "{}: init sigma {} vs {sigma0}",
+                    key(""),
+                    sampler.init_noise_sigma()
+                );
                 let (xs, x_t) = f.get(&key("x_T"));
                 let shape: [usize; 4] = xs.clone().try_into().unwrap();
                 let n: usize = shape.iter().product();
@@ -84,7 +107,9 @@ fn samplers_match_diffusers() {
                     let want_in = &f.vals(&key("model_input"))[i * n..(i + 1) * n];
                     worst = worst.max(max_rel(&block_on(read(input)).unwrap(), want_in));
                     let out = tensor(f.vals(&key("model_output"))[i * n..(i + 1) * n].to_vec(), shape, &d);
-                    let noise = sampler.needs_noise().then(|| tensor(f.vals(&key("step_noise"))[i * n..(i + 1) * n].to_vec(), shape, &d));
+                    let noise = sampler
+                        .needs_noise()
+                        .then(|| tensor(f.vals(&key("step_noise"))[i * n..(i + 1) * n].to_vec(), shape, &d));
                     x = sampler.step(out, i, x, noise);
                     let got = block_on(read(x.clone())).unwrap();
                     worst = worst.max(max_rel(&got, &f.vals(&key("prev_sample"))[i * n..(i + 1) * n]));

@@ -71,7 +71,11 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     eprintln!("bench: building {} with random weights on {} ...", spec.id, info.name);
     let t0 = now_ms();
     let sd = StableDiffusion::random(spec.clone(), &device, 0);
-    eprintln!("bench: built in {:.1} s, peak RSS {:.2} GiB", (now_ms() - t0) / 1000.0, peak_rss().unwrap_or(0) as f64 / (1u64 << 30) as f64);
+    eprintln!(
+        "bench: built in {:.1} s, peak RSS {:.2} GiB",
+        (now_ms() - t0) / 1000.0,
+        peak_rss().unwrap_or(0) as f64 / (1u64 << 30) as f64
+    );
     let tokenizer = ClipTokenizer::sd2()?;
     let hidden = spec.clip.hidden_size;
     let mut rows = vec![];
@@ -95,7 +99,13 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 block_on(read(g.sum()))?;
                 Ok(())
             })?;
-            rows.push(Row { what: "UNet fwd+bwd w.r.t. encoder_hidden_states".into(), size, first_ms: first, best_ms: best, peak });
+            rows.push(Row {
+                what: "UNet fwd+bwd w.r.t. encoder_hidden_states".into(),
+                size,
+                first_ms: first,
+                best_ms: best,
+                peak,
+            });
         }
         if a.what.iter().any(|w| w == "train") {
             let img: Tensor<4> = tensor(rng.uniform_vec(3 * size * size, -1.0, 1.0), [1, 3, size, size], &device);
@@ -105,7 +115,13 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 block_on(trainer.step(&sd))?;
                 Ok(())
             })?;
-            rows.push(Row { what: format!("train step K={} M={} S={}", a.k, a.m, a.samples), size, first_ms: first, best_ms: best, peak });
+            rows.push(Row {
+                what: format!("train step K={} M={} S={}", a.k, a.m, a.samples),
+                size,
+                first_ms: first,
+                best_ms: best,
+                peak,
+            });
             // Parts: the text encoder alone (K prompts, forward + backward to V).
             let (first, best, peak) = measure(a.iters, || {
                 let v = trainer.prompts().require_grad();
@@ -115,7 +131,13 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 block_on(read(g.sum()))?;
                 Ok(())
             })?;
-            rows.push(Row { what: format!("  part: text encoder fwd+bwd, K={}", a.k), size, first_ms: first, best_ms: best, peak });
+            rows.push(Row {
+                what: format!("  part: text encoder fwd+bwd, K={}", a.k),
+                size,
+                first_ms: first,
+                best_ms: best,
+                peak,
+            });
             let xs = tensor(rng.normal_vec(a.samples * 4 * lat * lat), [a.samples, 4, lat, lat], &device);
             let ctx = tensor(rng.normal_vec(a.samples * 77 * hidden), [a.samples, 77, hidden], &device);
             let (first, best, peak) = measure(a.iters, || {
@@ -126,7 +148,13 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 block_on(read(g.sum()))?;
                 Ok(())
             })?;
-            rows.push(Row { what: format!("  part: UNet fwd+bwd, batch S={}", a.samples), size, first_ms: first, best_ms: best, peak });
+            rows.push(Row {
+                what: format!("  part: UNet fwd+bwd, batch S={}", a.samples),
+                size,
+                first_ms: first,
+                best_ms: best,
+                peak,
+            });
         }
     }
     let mut table = format!(
@@ -139,7 +167,14 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     );
     for r in &rows {
         let peak = r.peak.map_or("n/a".to_string(), |p| format!("{:.2}", p as f64 / (1u64 << 30) as f64));
-        table += &format!("| {} | {}² | {:.2} | {:.2} | {} |\n", r.what, r.size, r.first_ms / 1000.0, r.best_ms / 1000.0, peak);
+        table += &format!(
+            "| {} | {}² | {:.2} | {:.2} | {} |\n",
+            r.what,
+            r.size,
+            r.first_ms / 1000.0,
+            r.best_ms / 1000.0,
+            peak
+        );
     }
     print!("{table}");
     if let Some(p) = &a.out {

@@ -32,7 +32,8 @@ impl ModelArgs {
         eprintln!("dreamdist: {} on {} ({})", spec.id, info.name, info.graphics_api);
         let device = device.autodiff();
         match (&self.weights, self.random_weights) {
-            (Some(dir), _) => StableDiffusion::from_dir(spec, dir, &device).with_context(|| format!("loading weights from {}", dir.display())),
+            (Some(dir), _) => StableDiffusion::from_dir(spec, dir, &device)
+                .with_context(|| format!("loading weights from {}", dir.display())),
             (None, Some(seed)) => Ok(StableDiffusion::random(spec, &device, seed)),
             (None, None) => anyhow::bail!("give --weights DIR (diffusers layout) or --random-weights SEED"),
         }

@@ -33,10 +33,8 @@ pub fn run(a: ParityArgs) -> anyhow::Result<()> {
     let io = Io::from_bytes(&std::fs::read(&a.io).with_context(|| format!("reading {}", a.io.display()))?)?;
     let checks = block_on(all(&sd, &io))?;
     if a.json {
-        let map: serde_json::Map<String, serde_json::Value> = checks
-            .iter()
-            .map(|c| (c.name.clone(), serde_json::json!(c.max_rel)))
-            .collect();
+        let map: serde_json::Map<String, serde_json::Value> =
+            checks.iter().map(|c| (c.name.clone(), serde_json::json!(c.max_rel))).collect();
         println!("{}", serde_json::Value::Object(map));
     } else {
         println!("| tensor | max abs err | max rel err |\n|---|---|---|");

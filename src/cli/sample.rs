@@ -92,7 +92,8 @@ pub fn run(a: SampleArgs) -> anyhow::Result<()> {
     let mixed = PromptGaussian::mix(&weights, rule)?;
     let uncond = encode_text(&sd, &tokenizer, "")?;
     let size = a.size.unwrap_or(sd.spec.native_resolution());
-    let cfg = SampleConfig { steps: a.steps, guidance: a.guidance, sampler: a.scheduler, gamma: a.gamma, size, seed: a.seed };
+    let cfg =
+        SampleConfig { steps: a.steps, guidance: a.guidance, sampler: a.scheduler, gamma: a.gamma, size, seed: a.seed };
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let describe = |gamma: f32, seed: u64, mix: &str| -> Vec<(String, String)> {
         let params = serde_json::json!({
@@ -100,7 +101,10 @@ pub fn run(a: SampleArgs) -> anyhow::Result<()> {
             "gamma": gamma, "seed": seed, "steps": a.steps, "guidance": a.guidance,
             "scheduler": a.scheduler, "size": size,
         });
-        vec![("Software".into(), format!("dreamdist {}", env!("CARGO_PKG_VERSION"))), ("dreamdist".into(), params.to_string())]
+        vec![
+            ("Software".into(), format!("dreamdist {}", env!("CARGO_PKG_VERSION"))),
+            ("dreamdist".into(), params.to_string()),
+        ]
     };
     let render = |g: &PromptGaussian, gamma: f32, seed: u64| -> anyhow::Result<RgbImage> {
         let mut rng = Rng::new(seed);

@@ -66,16 +66,25 @@ pub struct TrainArgs {
     /// Write the checkpoint every N steps.
     #[arg(long, default_value_t = 50)]
     checkpoint_every: u64,
+    /// Stop after this many steps in this run, keeping the checkpoint (continue with --resume).
+    #[arg(long)]
+    max_steps_this_run: Option<u64>,
 }
 
 /// Reads and validates a `.ddist` file for the loaded model.
 pub fn read_dist(path: &Path, sd: &StableDiffusion) -> anyhow::Result<DistFile> {
     let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     if meta.len() > dreamdist::dist::file::MAX_FILE_BYTES as u64 {
-        anyhow::bail!("{}: {} bytes is larger than any distribution file ({} MiB max)", path.display(), meta.len(), dreamdist::dist::file::MAX_FILE_BYTES >> 20);
+        anyhow::bail!(
+            "{}: {} bytes is larger than any distribution file ({} MiB max)",
+            path.display(),
+            meta.len(),
+            dreamdist::dist::file::MAX_FILE_BYTES >> 20
+        );
     }
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let file = DistFile::from_bytes(&bytes).with_context(|| format!("{} is not a valid distribution file", path.display()))?;
+    let file =
+        DistFile::from_bytes(&bytes).with_context(|| format!("{} is not a valid distribution file", path.display()))?;
     file.check_model(&dreamdist::train::model_id(sd)).with_context(|| format!("{}", path.display()))?;
     Ok(file)
 }
@@ -152,7 +161,8 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}")?);
     bar.set_position(trainer.step);
     bar.enable_steady_tick(Duration::from_millis(500));
-    while trainer.step < trainer.cfg.steps {
+    let stop_at = a.max_steps_this_run.map_or(trainer.cfg.steps, |n| (trainer.step + n).min(trainer.cfg.steps));
+    while trainer.step < stop_at {
         let s = block_on(trainer.step(&sd))?;
         bar.set_position(s.step);
         bar.set_message(format!("loss {:.4} (denoise {:.4}, ortho {:.4})", s.loss, s.denoise, s.ortho));
@@ -162,11 +172,24 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         }
     }
     bar.finish();
+    if trainer.step < trainer.cfg.steps {
+        let file = block_on(dist_file(&trainer, &sd, &name, Precision::F32, true))?;
+        write_atomic(&ckpt, &file.to_bytes()?)?;
+        eprintln!("dreamdist: stopped at step {}; continue with --resume ({})", trainer.step, ckpt.display());
+        return Ok(());
+    }
     let file = block_on(dist_file(&trainer, &sd, &name, Precision::F16, false))?;
     write_atomic(&a.out, &file.to_bytes()?)?;
     if ckpt.exists() {
         std::fs::remove_file(&ckpt).ok();
     }
-    eprintln!("dreamdist: wrote {} (K={} M={}, {} steps, final loss {:.4})", a.out.display(), file.k, file.m, trainer.step, trainer.losses.last().copied().unwrap_or(f32::NAN));
+    eprintln!(
+        "dreamdist: wrote {} (K={} M={}, {} steps, final loss {:.4})",
+        a.out.display(),
+        file.k,
+        file.m,
+        trainer.step,
+        trainer.losses.last().copied().unwrap_or(f32::NAN)
+    );
     Ok(())
 }

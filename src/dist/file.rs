@@ -413,31 +413,18 @@ impl DistFile {
         };
         let json = serde_json::to_string(&header).map_err(|e| FileError::Write(e.to_string()))?;
         if json.len() > MAX_HEADER_BYTES {
-            return Err(FileError::HeaderTooLarge {
-                what: "\"dreamdist\"",
-                size: json.len(),
-                max: MAX_HEADER_BYTES,
-            });
+            return Err(FileError::HeaderTooLarge { what: "\"dreamdist\"", size: json.len(), max: MAX_HEADER_BYTES });
         }
 
         let shape = vec![self.k, self.m, self.hidden];
         let prompt_bytes = match self.precision {
-            Precision::F16 => self
-                .prompts
-                .iter()
-                .flat_map(|&x| f16::from_f32(x).to_le_bytes())
-                .collect::<Vec<u8>>(),
+            Precision::F16 => self.prompts.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect::<Vec<u8>>(),
             Precision::F32 => f32_bytes(&self.prompts),
         };
         let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> =
             vec![(T_PROMPTS.into(), self.precision.dtype(), shape.clone(), prompt_bytes)];
         if !self.loss_curve.is_empty() {
-            owned.push((
-                T_LOSS.into(),
-                Dtype::F32,
-                vec![self.loss_curve.len()],
-                f32_bytes(&self.loss_curve),
-            ));
+            owned.push((T_LOSS.into(), Dtype::F32, vec![self.loss_curve.len()], f32_bytes(&self.loss_curve)));
         }
         if let Some(o) = &self.optimizer {
             owned.push((T_OPT_M.into(), Dtype::F32, shape.clone(), f32_bytes(&o.m)));
@@ -445,26 +432,21 @@ impl DistFile {
         }
         let mut views = Vec::with_capacity(owned.len() + self.reference_thumbnails.len());
         for (name, dtype, shape, bytes) in &owned {
-            let view = TensorView::new(*dtype, shape.clone(), bytes)
-                .map_err(|e| FileError::Write(e.to_string()))?;
+            let view = TensorView::new(*dtype, shape.clone(), bytes).map_err(|e| FileError::Write(e.to_string()))?;
             views.push((name.clone(), view));
         }
         for (i, png) in self.reference_thumbnails.iter().enumerate() {
-            let view = TensorView::new(Dtype::U8, vec![png.len()], png)
-                .map_err(|e| FileError::Write(e.to_string()))?;
+            let view = TensorView::new(Dtype::U8, vec![png.len()], png).map_err(|e| FileError::Write(e.to_string()))?;
             views.push((format!("thumbnail.{i}"), view));
         }
 
         let meta = HashMap::from([(FORMAT.to_string(), json)]);
-        let out = safetensors::serialize(views, Some(meta))
-            .map_err(|e| FileError::Write(e.to_string()))?;
+        let out = safetensors::serialize(views, Some(meta)).map_err(|e| FileError::Write(e.to_string()))?;
         if out.len() > MAX_FILE_BYTES {
             return Err(FileError::TooLarge { size: out.len(), max: MAX_FILE_BYTES });
         }
-        let container_header = out
-            .get(..8)
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .map_or(u64::MAX, u64::from_le_bytes);
+        let container_header =
+            out.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()).map_or(u64::MAX, u64::from_le_bytes);
         if container_header > MAX_CONTAINER_HEADER_BYTES as u64 {
             return Err(FileError::HeaderTooLarge {
                 what: "safetensors",
@@ -482,8 +464,7 @@ impl DistFile {
             return Err(FileError::TooLarge { size: bytes.len(), max: MAX_FILE_BYTES });
         }
         let data_start = precheck_container(bytes)?;
-        let (_, metadata) =
-            SafeTensors::read_metadata(bytes).map_err(|e| FileError::Container(e.to_string()))?;
+        let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| FileError::Container(e.to_string()))?;
         let data = bytes.get(data_start..).ok_or_else(|| FileError::Container("truncated".into()))?;
 
         // The "dreamdist" header.
@@ -493,14 +474,9 @@ impl DistFile {
         }
         let json = meta.get(FORMAT).ok_or(FileError::MissingHeader)?;
         if json.len() > MAX_HEADER_BYTES {
-            return Err(FileError::HeaderTooLarge {
-                what: "\"dreamdist\"",
-                size: json.len(),
-                max: MAX_HEADER_BYTES,
-            });
+            return Err(FileError::HeaderTooLarge { what: "\"dreamdist\"", size: json.len(), max: MAX_HEADER_BYTES });
         }
-        let probe: Probe =
-            serde_json::from_str(json).map_err(|e| FileError::BadHeader(e.to_string()))?;
+        let probe: Probe = serde_json::from_str(json).map_err(|e| FileError::BadHeader(e.to_string()))?;
         match probe.format {
             Some(serde_json::Value::String(s)) if s == FORMAT => {}
             Some(serde_json::Value::String(s)) => return Err(FileError::WrongFormat { found: s }),
@@ -518,8 +494,7 @@ impl DistFile {
             }
             None => return Err(FileError::BadHeader("missing field `version`".into())),
         }
-        let header: Header =
-            serde_json::from_str(json).map_err(|e| FileError::BadHeader(e.to_string()))?;
+        let header: Header = serde_json::from_str(json).map_err(|e| FileError::BadHeader(e.to_string()))?;
         check_dims(header.k, header.m, header.hidden)?;
         if header.thumbnails > MAX_THUMBNAILS {
             return Err(FileError::BadThumbnail {
@@ -586,9 +561,7 @@ impl DistFile {
         let shape = [header.k, header.m, header.hidden];
         let raw = tensor(T_PROMPTS, header.precision.dtype(), Some(&shape))?;
         let prompts = match header.precision {
-            Precision::F16 => {
-                raw.as_chunks::<2>().0.iter().map(|c| f16::from_le_bytes(*c).to_f32()).collect()
-            }
+            Precision::F16 => raw.as_chunks::<2>().0.iter().map(|c| f16::from_le_bytes(*c).to_f32()).collect(),
             Precision::F32 => f32_from_bytes(raw),
         };
         let loss_curve = if header.loss_curve_len > 0 {
@@ -719,10 +692,7 @@ impl DistFile {
         if self.reference_thumbnails.len() > MAX_THUMBNAILS {
             return Err(FileError::BadThumbnail {
                 index: self.reference_thumbnails.len(),
-                reason: format!(
-                    "{} thumbnails, at most {MAX_THUMBNAILS} allowed",
-                    self.reference_thumbnails.len()
-                ),
+                reason: format!("{} thumbnails, at most {MAX_THUMBNAILS} allowed", self.reference_thumbnails.len()),
             });
         }
         for (i, png) in self.reference_thumbnails.iter().enumerate() {
@@ -771,11 +741,7 @@ fn check_dims(k: usize, m: usize, hidden: usize) -> Result<(), FileError> {
 
 fn check_len(tensor: &str, shape: &[usize], expected: usize, found: usize) -> Result<(), FileError> {
     if expected != found {
-        return Err(FileError::ShapeMismatch {
-            tensor: tensor.into(),
-            expected: shape.to_vec(),
-            found: vec![found],
-        });
+        return Err(FileError::ShapeMismatch { tensor: tensor.into(), expected: shape.to_vec(), found: vec![found] });
     }
     Ok(())
 }
@@ -798,12 +764,7 @@ fn check_values(tensor: &str, xs: &[f32], max_abs: Option<f32>, non_negative: bo
         }
         if let Some(max) = max_abs {
             if value.abs() > max {
-                return Err(FileError::ValueOutOfRange {
-                    tensor: tensor.into(),
-                    index,
-                    value,
-                    rule: "|x| <= 1e4",
-                });
+                return Err(FileError::ValueOutOfRange { tensor: tensor.into(), index, value, rule: "|x| <= 1e4" });
             }
         }
         if non_negative && value < 0.0 {
@@ -858,11 +819,8 @@ fn precheck_container(bytes: &[u8]) -> Result<usize, FileError> {
     }
     // n <= 8 MiB, so this cannot overflow.
     let data_start = 8 + n as usize;
-    let header = bytes
-        .get(8..data_start)
-        .ok_or_else(|| FileError::Container("truncated header".into()))?;
-    let header = std::str::from_utf8(header)
-        .map_err(|e| FileError::Container(format!("header is not UTF-8: {e}")))?;
+    let header = bytes.get(8..data_start).ok_or_else(|| FileError::Container("truncated header".into()))?;
+    let header = std::str::from_utf8(header).map_err(|e| FileError::Container(format!("header is not UTF-8: {e}")))?;
     let data_len = (bytes.len() - data_start) as u64;
     let mut de = serde_json::Deserializer::from_str(header);
     Precheck { data_len }
@@ -951,7 +909,15 @@ mod tests {
         v
     }
 
-    fn sample(k: usize, m: usize, hidden: usize, precision: Precision, opt: bool, thumbs: usize, loss: usize) -> DistFile {
+    fn sample(
+        k: usize,
+        m: usize,
+        hidden: usize,
+        precision: Precision,
+        opt: bool,
+        thumbs: usize,
+        loss: usize,
+    ) -> DistFile {
         let mut rng = Rng(k as u64 * 1000 + m as u64 * 10 + hidden as u64);
         let n = k * m * hidden;
         DistFile {
@@ -960,11 +926,7 @@ mod tests {
             m,
             hidden,
             prompts: (0..n).map(|_| rng.normal() * 0.3).collect(),
-            model: ModelId {
-                id: "tiny".into(),
-                hidden_size: hidden,
-                text_encoder_sha256: "ab".repeat(32),
-            },
+            model: ModelId { id: "tiny".into(), hidden_size: hidden, text_encoder_sha256: "ab".repeat(32) },
             train: TrainInfo {
                 steps: 1500,
                 lr: 0.001,
@@ -1005,10 +967,8 @@ mod tests {
 
     /// Build a container bypassing validation: a header JSON value and raw tensors.
     fn raw_file(header: &serde_json::Value, tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
-        let views: Vec<_> = tensors
-            .iter()
-            .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
-            .collect();
+        let views: Vec<_> =
+            tensors.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
         let meta = HashMap::from([(FORMAT.to_string(), header.to_string())]);
         safetensors::serialize(views, Some(meta)).unwrap()
     }
@@ -1018,11 +978,8 @@ mod tests {
         let st = SafeTensors::deserialize(bytes).unwrap();
         let (_, md) = SafeTensors::read_metadata(bytes).unwrap();
         let header = serde_json::from_str(&md.metadata().as_ref().unwrap()[FORMAT]).unwrap();
-        let mut tensors: Vec<_> = st
-            .tensors()
-            .into_iter()
-            .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
-            .collect();
+        let mut tensors: Vec<_> =
+            st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
         (header, tensors)
     }
@@ -1454,8 +1411,20 @@ mod tests {
                 let Ok(mut h) = serde_json::from_str::<serde_json::Value>(json) else { return };
                 let data = bytes[8 + st.0..].to_vec();
                 const KEYS: [&str; 14] = [
-                    "format", "version", "name", "k", "m", "hidden", "precision", "model",
-                    "train", "created_by", "loss_curve_len", "thumbnails", "optimizer", "zzz",
+                    "format",
+                    "version",
+                    "name",
+                    "k",
+                    "m",
+                    "hidden",
+                    "precision",
+                    "model",
+                    "train",
+                    "created_by",
+                    "loss_curve_len",
+                    "thumbnails",
+                    "optimizer",
+                    "zzz",
                 ];
                 let key = KEYS[rng.below(KEYS.len())];
                 let v: serde_json::Value = match rng.below(10) {

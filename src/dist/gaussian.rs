@@ -21,11 +21,8 @@ impl PromptGaussian {
         let mu = c.clone().mean_dim(0);
         // The variance is floored at 1e-20 before the square root: positions every prompt
         // shares (BOS) have σ = 0 exactly, where √ has an infinite derivative.
-        let sigma = if k == 1 {
-            mu.zeros_like()
-        } else {
-            (c - mu.clone()).powi_scalar(2).mean_dim(0).clamp_min(1e-20).sqrt()
-        };
+        let sigma =
+            if k == 1 { mu.zeros_like() } else { (c - mu.clone()).powi_scalar(2).mean_dim(0).clamp_min(1e-20).sqrt() };
         Self { mu: mu.reshape([l, h]), sigma: sigma.reshape([l, h]) }
     }
 
@@ -48,8 +45,14 @@ impl PromptGaussian {
                 MixRule::Paper => g.sigma.clone() * a.sqrt(),
                 MixRule::Authors => (g.sigma.clone() * *a).powi_scalar(2),
             };
-            mu = Some(match mu { Some(x) => x + m, None => m });
-            sigma = Some(match sigma { Some(x) => x + s, None => s });
+            mu = Some(match mu {
+                Some(x) => x + m,
+                None => m,
+            });
+            sigma = Some(match sigma {
+                Some(x) => x + s,
+                None => s,
+            });
         }
         let (mu, mut sigma) = (mu.expect("non-empty"), sigma.expect("non-empty"));
         if rule == MixRule::Authors {

@@ -117,7 +117,12 @@ pub fn init_prompts(k: usize, m: usize, hidden: usize, rng: &mut crate::rng::Rng
 }
 
 /// Host copy of a token embedding row (for `init_prompts` from a word).
-pub async fn token_embedding_row(encoder: &ClipTextEncoder, tokenizer: &ClipTokenizer, word: &str, device: &Device) -> Result<Vec<f32>> {
+pub async fn token_embedding_row(
+    encoder: &ClipTextEncoder,
+    tokenizer: &ClipTokenizer,
+    word: &str,
+    device: &Device,
+) -> Result<Vec<f32>> {
     let ids = tokenizer.encode_words(word)?;
     let Some(&id) = ids.first() else {
         return Err(Error::Invalid(format!("init word {word:?} has no tokens")));

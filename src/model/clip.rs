@@ -161,7 +161,11 @@ impl ClipTextEncoder {
         let e = vb.pp("embeddings");
         Self {
             token_embedding: e.param("token_embedding.weight", [c.vocab_size, c.hidden_size], Init::Normal(0.02)),
-            position_embedding: e.param("position_embedding.weight", [c.max_position, c.hidden_size], Init::Normal(0.01)),
+            position_embedding: e.param(
+                "position_embedding.weight",
+                [c.max_position, c.hidden_size],
+                Init::Normal(0.01),
+            ),
             layers: (0..c.num_layers).map(|i| ClipLayer::new(&vb.pp(format!("encoder.layers.{i}")), c)).collect(),
             final_layer_norm: LayerNorm::new(&vb.pp("final_layer_norm"), c.hidden_size, c.layer_norm_eps),
         }
@@ -179,7 +183,7 @@ impl ClipTextEncoder {
     /// (SD 2's conditioning, `last_hidden_state` of the 23-layer model).
     pub fn forward_embeds(&self, embeds: Tensor<3>) -> Tensor<3> {
         let [_, l, _] = embeds.dims();
-        let pos = self.position_embedding.val().slice([0..l]).unsqueeze::<3>();
+        let pos = self.position_embedding.val().narrow(0, 0, l).unsqueeze::<3>();
         let mut x = embeds + pos;
         for layer in &self.layers {
             x = layer.forward(x);

@@ -12,8 +12,8 @@ pub use vae::{Vae, VaeConfig};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::weights::{RandomSource, Vb};
 use crate::Result;
+use crate::weights::{RandomSource, Vb};
 
 /// Which Stable Diffusion model: its id (stored in `.ddist` files) and its component configs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -35,7 +35,12 @@ impl ModelSpec {
     }
     /// SD 2.1-base (512 px, epsilon).
     pub fn sd21_base() -> Self {
-        Self { id: "sd21-base".into(), clip: ClipConfig::sd21_base(), unet: UNetConfig::sd21_base(), vae: VaeConfig::sd21_base() }
+        Self {
+            id: "sd21-base".into(),
+            clip: ClipConfig::sd21_base(),
+            unet: UNetConfig::sd21_base(),
+            vae: VaeConfig::sd21_base(),
+        }
     }
     /// The tiny fixture model.
     pub fn tiny() -> Self {
@@ -85,9 +90,11 @@ impl StableDiffusion {
         use crate::weights::load_from_bytes;
         let text_encoder_sha256 = crate::weights::sha256_hex(&text);
         let ctx = |what: &'static str| move |e: crate::Error| crate::Error::Weights(format!("{what}: {e}"));
-        let t = load_from_bytes(text, ClipConfig::key_rewrites(), device, |vb| ClipTextEncoder::new(vb, &spec.clip)).map_err(ctx("text encoder"))?;
+        let t = load_from_bytes(text, ClipConfig::key_rewrites(), device, |vb| ClipTextEncoder::new(vb, &spec.clip))
+            .map_err(ctx("text encoder"))?;
         let u = load_from_bytes(unet, &[], device, |vb| UNet::new(vb, &spec.unet)).map_err(ctx("unet"))?;
-        let v = load_from_bytes(vae, VaeConfig::key_rewrites(), device, |vb| Vae::new(vb, &spec.vae)).map_err(ctx("vae"))?;
+        let v = load_from_bytes(vae, VaeConfig::key_rewrites(), device, |vb| Vae::new(vb, &spec.vae))
+            .map_err(ctx("vae"))?;
         Ok(Self { spec, text: t, unet: u, vae: v, text_encoder_sha256 })
     }
 
@@ -99,7 +106,11 @@ impl StableDiffusion {
         let find = |nested: &str, flat: &str| -> Result<Vec<u8>> {
             let candidates = [dir.join(nested), dir.join(flat)];
             let path = candidates.iter().find(|p| p.exists()).ok_or_else(|| {
-                crate::Error::Weights(format!("neither {} nor {} exists", candidates[0].display(), candidates[1].display()))
+                crate::Error::Weights(format!(
+                    "neither {} nor {} exists",
+                    candidates[0].display(),
+                    candidates[1].display()
+                ))
             })?;
             std::fs::read(path).map_err(|e| crate::Error::io(format!("reading {}", path.display()), e))
         };

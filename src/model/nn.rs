@@ -1,9 +1,9 @@
 //! Building blocks shared by the SD 2.1 networks (PyTorch semantics, checkpoint key names).
 use burn::module::{Module, Param};
+use burn::tensor::Tensor;
 use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::module::{conv2d, linear};
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::Tensor;
 
 use crate::weights::{Init, Vb};
 
@@ -82,7 +82,7 @@ pub struct GroupNorm {
 impl GroupNorm {
     /// Loads `weight`/`bias` for `channels` channels.
     pub fn new(vb: &Vb, groups: usize, channels: usize, eps: f64) -> Self {
-        assert!(channels % groups == 0, "{channels} channels not divisible into {groups} groups");
+        assert!(channels.is_multiple_of(groups), "{channels} channels not divisible into {groups} groups");
         Self {
             weight: vb.param("weight", [channels], Init::Ones),
             bias: vb.param("bias", [channels], Init::Zeros),

@@ -270,12 +270,21 @@ impl UNet {
         let tdim = 4 * boc[0];
         let mut down = vec![];
         let mut out_c = boc[0];
-        for i in 0..n {
+        for (i, &c) in boc.iter().enumerate() {
             let in_c = out_c;
-            out_c = boc[i];
+            out_c = c;
             let vbl = vb.pp(format!("down_blocks.{i}"));
             let resnets = (0..cfg.layers_per_block)
-                .map(|j| ResnetBlock::new(&vbl.pp(format!("resnets.{j}")), if j == 0 { in_c } else { out_c }, out_c, Some(tdim), g, eps))
+                .map(|j| {
+                    ResnetBlock::new(
+                        &vbl.pp(format!("resnets.{j}")),
+                        if j == 0 { in_c } else { out_c },
+                        out_c,
+                        Some(tdim),
+                        g,
+                        eps,
+                    )
+                })
                 .collect();
             let attentions = if cfg.cross_attention[i] {
                 (0..cfg.layers_per_block)
@@ -296,9 +305,9 @@ impl UNet {
         let rev: Vec<usize> = boc.iter().rev().copied().collect();
         let mut up = vec![];
         let mut out_c = rev[0];
-        for i in 0..n {
+        for (i, &c) in rev.iter().enumerate() {
             let prev_c = out_c;
-            out_c = rev[i];
+            out_c = c;
             let in_c = rev[(i + 1).min(n - 1)];
             let level = n - 1 - i;
             let vbl = vb.pp(format!("up_blocks.{i}"));

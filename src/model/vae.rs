@@ -2,10 +2,10 @@
 //! latents; the decoder maps latents back to images. Accepts both current (`to_q`…) and legacy
 //! (`query`…) mid-block attention key names.
 use burn::module::Module;
-use burn::tensor::activation::silu;
-use burn::tensor::ops::ConvOptions;
-use burn::tensor::module::conv2d;
 use burn::tensor::Tensor;
+use burn::tensor::activation::silu;
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
 use serde::{Deserialize, Serialize};
 
 use super::nn::{Conv2d, GroupNorm, Linear, attention, upsample_nearest2x};
@@ -46,7 +46,13 @@ impl VaeConfig {
 
     /// The tiny architecture of the parity fixtures.
     pub fn tiny() -> Self {
-        Self { block_out_channels: vec![32, 64], layers_per_block: 1, latent_channels: 4, norm_num_groups: 32, scaling_factor: 0.18215 }
+        Self {
+            block_out_channels: vec![32, 64],
+            layers_per_block: 1,
+            latent_channels: 4,
+            norm_num_groups: 32,
+            scaling_factor: 0.18215,
+        }
     }
 
     /// Downsampling factor image → latent.
@@ -173,12 +179,21 @@ impl Vae {
         let e = vb.pp("encoder");
         let mut down = vec![];
         let mut out_c = boc[0];
-        for i in 0..n {
+        for (i, &c) in boc.iter().enumerate() {
             let in_c = out_c;
-            out_c = boc[i];
+            out_c = c;
             let vbl = e.pp(format!("down_blocks.{i}"));
             let resnets = (0..cfg.layers_per_block)
-                .map(|j| ResnetBlock::new(&vbl.pp(format!("resnets.{j}")), if j == 0 { in_c } else { out_c }, out_c, None, g, 1e-6))
+                .map(|j| {
+                    ResnetBlock::new(
+                        &vbl.pp(format!("resnets.{j}")),
+                        if j == 0 { in_c } else { out_c },
+                        out_c,
+                        None,
+                        g,
+                        1e-6,
+                    )
+                })
                 .collect();
             // Stride-2 conv without padding after an asymmetric (0, 1) pad: see `forward`.
             let sampler = (i + 1 < n).then(|| Conv2d::new(&vbl.pp("downsamplers.0.conv"), out_c, out_c, 3, 2, 0));
@@ -197,12 +212,21 @@ impl Vae {
         let rev: Vec<usize> = boc.iter().rev().copied().collect();
         let mut up = vec![];
         let mut out_c = rev[0];
-        for i in 0..n {
+        for (i, &c) in rev.iter().enumerate() {
             let prev_c = out_c;
-            out_c = rev[i];
+            out_c = c;
             let vbl = d.pp(format!("up_blocks.{i}"));
             let resnets = (0..cfg.layers_per_block + 1)
-                .map(|j| ResnetBlock::new(&vbl.pp(format!("resnets.{j}")), if j == 0 { prev_c } else { out_c }, out_c, None, g, 1e-6))
+                .map(|j| {
+                    ResnetBlock::new(
+                        &vbl.pp(format!("resnets.{j}")),
+                        if j == 0 { prev_c } else { out_c },
+                        out_c,
+                        None,
+                        g,
+                        1e-6,
+                    )
+                })
                 .collect();
             let sampler = (i + 1 < n).then(|| Conv2d::new(&vbl.pp("upsamplers.0.conv"), out_c, out_c, 3, 1, 1));
             up.push(VaeLevel { resnets, sampler });

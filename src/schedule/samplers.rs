@@ -28,10 +28,12 @@ impl std::str::FromStr for SamplerKind {
             "ddim" => Ok(Self::Ddim),
             "euler" => Ok(Self::Euler),
             "euler-a" | "euler-ancestral" => Ok(Self::EulerAncestral),
-            "dpm" | "dpm++" | "dpm-solver++" | "dpmpp-2m" | "dpm-solver-pp2m" | "dpmsolver++" => Ok(Self::DpmSolverPp2m),
-            _ => Err(crate::Error::Invalid(format!(
-                "unknown scheduler {s:?} (expected ddim, euler, euler-a or dpm++)"
-            ))),
+            "dpm" | "dpm++" | "dpm-solver++" | "dpmpp-2m" | "dpm-solver-pp2m" | "dpmsolver++" => {
+                Ok(Self::DpmSolverPp2m)
+            }
+            _ => {
+                Err(crate::Error::Invalid(format!("unknown scheduler {s:?} (expected ddim, euler, euler-a or dpm++)")))
+            }
         }
     }
 }
@@ -65,10 +67,8 @@ impl Sampler {
                 (ts, vec![])
             }
             SamplerKind::Euler | SamplerKind::EulerAncestral => {
-                let ts: Vec<f64> = (0..steps)
-                    .map(|i| (n - 1) as f64 * i as f64 / (steps - 1).max(1) as f64)
-                    .rev()
-                    .collect();
+                let ts: Vec<f64> =
+                    (0..steps).map(|i| (n - 1) as f64 * i as f64 / (steps - 1).max(1) as f64).rev().collect();
                 let mut sig: Vec<f64> = ts.iter().map(|&t| schedule.sigma_at(t)).collect();
                 sig.push(0.0);
                 (ts.iter().map(|&t| t as f32).collect(), sig)

@@ -89,11 +89,7 @@ impl Vb {
 
     /// A builder for the sub-module `name` ("push prefix").
     pub fn pp(&self, name: impl std::fmt::Display) -> Self {
-        let prefix = if self.prefix.is_empty() {
-            name.to_string()
-        } else {
-            format!("{}.{name}", self.prefix)
-        };
+        let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
         Self { src: self.src.clone(), prefix, device: self.device.clone() }
     }
 
@@ -153,8 +149,7 @@ pub fn load_from_file<M>(
     build: impl FnOnce(&Vb) -> M,
 ) -> Result<M> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-    load_from_bytes(bytes, rewrites, device, build)
-        .map_err(|e| Error::Weights(format!("{}: {e}", path.display())))
+    load_from_bytes(bytes, rewrites, device, build).map_err(|e| Error::Weights(format!("{}: {e}", path.display())))
 }
 
 /// Parameters given explicitly by name (tests, self-test inputs); every other name is missing.

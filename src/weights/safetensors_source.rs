@@ -68,21 +68,11 @@ impl SafetensorsSource {
                 original: name.clone(),
             };
             if let Some(prev) = tensors.insert(key.clone(), entry) {
-                return Err(Error::Weights(format!(
-                    "tensors {:?} and {name:?} both map to {key:?}",
-                    prev.original
-                )));
+                return Err(Error::Weights(format!("tensors {:?} and {name:?} both map to {key:?}", prev.original)));
             }
         }
         drop(st);
-        Ok(Self {
-            bytes,
-            tensors,
-            used: BTreeSet::new(),
-            missing: vec![],
-            misshaped: vec![],
-            bad: vec![],
-        })
+        Ok(Self { bytes, tensors, used: BTreeSet::new(), missing: vec![], misshaped: vec![], bad: vec![] })
     }
 
     /// Names of all tensors in the file (after rewriting).
@@ -94,14 +84,10 @@ impl SafetensorsSource {
 fn to_f32(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
     let v = match dtype {
         Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
-        Dtype::F16 => data
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes(c.try_into().unwrap()).to_f32())
-            .collect(),
-        Dtype::BF16 => data
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes(c.try_into().unwrap()).to_f32())
-            .collect(),
+        Dtype::F16 => data.chunks_exact(2).map(|c| half::f16::from_le_bytes(c.try_into().unwrap()).to_f32()).collect(),
+        Dtype::BF16 => {
+            data.chunks_exact(2).map(|c| half::bf16::from_le_bytes(c.try_into().unwrap()).to_f32()).collect()
+        }
         _ => return None,
     };
     Some(v)
@@ -119,8 +105,7 @@ impl ParamSource for SafetensorsSource {
         // has the same values: accept it when only trailing unit dims differ.
         let squeeze = |s: &[usize]| s.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
         if entry.shape != shape && squeeze(&entry.shape) != squeeze(shape) {
-            self.misshaped
-                .push(format!("{} has shape {:?}, expected {shape:?}", entry.original, entry.shape));
+            self.misshaped.push(format!("{} has shape {:?}, expected {shape:?}", entry.original, entry.shape));
             return vec![0.0; n];
         }
         match to_f32(entry.dtype, &self.bytes[entry.range.clone()]) {
@@ -137,12 +122,8 @@ impl ParamSource for SafetensorsSource {
     }
 
     fn finish(&mut self) -> Result<()> {
-        let unexpected: Vec<_> = self
-            .tensors
-            .iter()
-            .filter(|(k, _)| !self.used.contains(*k))
-            .map(|(_, e)| e.original.clone())
-            .collect();
+        let unexpected: Vec<_> =
+            self.tensors.iter().filter(|(k, _)| !self.used.contains(*k)).map(|(_, e)| e.original.clone()).collect();
         let mut problems = vec![];
         let mut list = |what: &str, items: &[String]| {
             if !items.is_empty() {

@@ -228,6 +228,12 @@ test("WebGPU self-test in Chromium matches the native CPU backend in every round
       assert.fail(`the page reports an error: ${JSON.stringify(result.error, null, 2)}\nconsole errors:\n${problems.join("\n")}`);
     }
 
+    // Hand the CPU reference to the page (its table then shows pass/fail per op) and take the
+    // screenshot before asserting, so a failure leaves a picture behind.
+    await page.evaluate((exp) => window.dreamdist.setExpected(exp, "native CPU backend (dreamdist selftest --backend cpu --json)"), expected);
+    await page.screenshot({ path: join(OUT, "selftest.png"), fullPage: true });
+    log(`screenshot: ${join(OUT, "selftest.png")}`);
+
     // Adapter.
     const a = result.adapter;
     assert.ok(a && typeof a === "object", "window.dreamdist.adapter is missing");
@@ -246,17 +252,15 @@ test("WebGPU self-test in Chromium matches the native CPU backend in every round
     const bad = mismatches(report, expected);
     assert.deepEqual(bad, [], `WebGPU results differ from the CPU backend:\n${bad.join("\n")}`);
 
-    // The page's own check, with the reference handed to it, must agree.
-    await page.evaluate((exp) => window.dreamdist.setExpected(exp, "native CPU backend (dreamdist selftest --backend cpu --json)"), expected);
+    // The page's own check must agree.
     const check = await page.evaluate(() => window.dreamdist.check);
     assert.equal(check?.mode, "reference");
     assert.ok(check.ok, `the page's own check failed: ${JSON.stringify(check.problems)}`);
     const rows = await page.locator("#selftest-body tbody tr").count();
     assert.equal(rows, expected.rounds[0].ops.length, "one table row per op");
     assert.equal(await page.locator("#selftest-body .badge.fail").count(), 0, "no failed badge on the page");
+    assert.equal(await page.locator("#selftest-body .badge.pass").count(), rows + 1, "a pass badge per op and overall");
 
-    await page.screenshot({ path: join(OUT, "selftest.png"), fullPage: true });
-    log(`screenshot: ${join(OUT, "selftest.png")}`);
     const consoleErrors = problems.filter((p) => p.startsWith("[browser page error]"));
     assert.deepEqual(consoleErrors, [], "uncaught errors in the page");
   } finally {

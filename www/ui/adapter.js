@@ -15,6 +15,18 @@ export function adapterName(a) {
   );
 }
 
+/** Whether the engine's device has a feature; notes when only the adapter offers it. */
+function feature(enabled, browser, name) {
+  if (enabled || !browser.features?.includes(name)) return yesNo(enabled);
+  return h(
+    "span",
+    { title: `The adapter offers "${name}", but the engine's device does not use it` },
+    yesNo(false, { no: "not enabled" }),
+    " ",
+    h("span", { class: "muted" }, "(adapter: yes)"),
+  );
+}
+
 export function renderAdapter(root, adapter) {
   if (!adapter) {
     replace(root, h("p", { class: "muted" }, "No adapter."));
@@ -33,8 +45,8 @@ export function renderAdapter(root, adapter) {
         ? h("span", { class: "badge warn", title: "A software adapter: it computes on the CPU" }, "yes (software)")
         : h("span", { class: "badge yes" }, "no"),
     ],
-    ["Shader f16", yesNo(adapter.shaderF16)],
-    ["Subgroups", yesNo(adapter.subgroups)],
+    ["Shader f16", feature(adapter.shaderF16, b, "shader-f16")],
+    ["Subgroups", feature(adapter.subgroups, b, "subgroups")],
     ["Max buffer size", mib(adapter.maxBufferSize)],
     ["Max storage binding", mib(adapter.maxStorageBufferBindingSize)],
     ["Workgroup storage", kib(adapter.maxComputeWorkgroupStorageSize)],
