@@ -23,7 +23,7 @@ function feature(enabled, browser, name) {
     { title: `The adapter offers "${name}", but the engine's device does not use it` },
     yesNo(false, { no: "not enabled" }),
     " ",
-    h("span", { class: "muted" }, "(adapter: yes)"),
+    h("span", { class: "aside" }, "(adapter: yes)"),
   );
 }
 
