@@ -142,6 +142,32 @@ pub struct Trainer {
     pub step: u64,
     /// Total loss per step so far.
     pub losses: Vec<f32>,
+    chunking: Chunking,
+}
+
+/// How a training step is split to bound peak memory; the gradient is the same (exact chain
+/// rule), only float summation order differs. Defaults suit a 24 GB machine or a browser tab
+/// with full-size SD 2.1 at 512²: one UNet sample at a time, prompts in chunks of 8 (re-encoded
+/// for the backward pass, ~⅓ more text-encoder compute).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunking {
+    /// Samples c̃ per UNet forward/backward.
+    pub unet: usize,
+    /// Prompts per text-encoder backward; ≥ K encodes once with autodiff (no recompute).
+    pub text: usize,
+}
+
+impl Default for Chunking {
+    fn default() -> Self {
+        Self { unet: 1, text: 8 }
+    }
+}
+
+impl Chunking {
+    /// Everything in one pass (fastest, most memory).
+    pub fn unchunked() -> Self {
+        Self { unet: usize::MAX, text: usize::MAX }
+    }
 }
 
 /// The denoising loss of conditionings `cond` `[S, 77, H]` on latent `x0` `[1, 4, h, w]` at
@@ -200,7 +226,18 @@ impl Trainer {
             latents.push(CachedLatent { mean: p.mean.detach(), std: (p.logvar * 0.5).exp().detach() });
         }
         let adam = Adam::new(cfg.lr, &v);
-        Ok(Self { cfg, layout, v, adam, rng, latents, schedule: NoiseSchedule::sd21(), step: 0, losses: vec![] })
+        Ok(Self {
+            cfg,
+            layout,
+            v,
+            adam,
+            rng,
+            latents,
+            schedule: NoiseSchedule::sd21(),
+            step: 0,
+            losses: vec![],
+            chunking: Chunking::default(),
+        })
     }
 
     /// The prompt layout (template around the learned tokens).
@@ -214,10 +251,19 @@ impl Trainer {
     }
 
     /// One optimisation step (Algorithm 1); reads the losses back (async).
+    ///
+    /// The gradient is exact but computed in pieces to bound memory (see [`Chunking`]):
+    /// 1. the K prompts are encoded (with autodiff only if all fit in one text chunk);
+    /// 2. from a leaf copy of the encodings, μ, σ, the S samples c̃ and L_ortho are formed;
+    /// 3. the UNet's denoising loss is back-propagated to c̃ in chunks of samples, each chunk's
+    ///    UNet graph freed before the next; the chain rule then carries ∂L/∂c̃ back through
+    ///    μ, σ to ∂L/∂c (a surrogate ⟨c̃, ∂L/∂c̃⟩ + λ·L_ortho);
+    /// 4. ∂L/∂c goes through the text encoder to ∂L/∂V, re-encoding chunks of prompts when
+    ///    they did not fit in one (a surrogate ⟨E(Pₖ), ∂L/∂cₖ⟩).
     pub async fn step(&mut self, sd: &StableDiffusion) -> Result<StepStats> {
         let device = self.v.device();
         let hidden = sd.spec.clip.hidden_size;
-        let s = self.cfg.samples;
+        let (k, s) = (self.cfg.k, self.cfg.samples);
         // Random draws, all on the host in a fixed order (reproducible on every backend).
         let img = self.rng.below(self.latents.len() as u64) as usize;
         let t = self.rng.below(self.schedule.len() as u64) as usize;
@@ -227,28 +273,80 @@ impl Trainer {
         let post_noise = tensor(self.rng.normal_vec(n_lat), shape, &device);
         let eps = tensor(self.rng.normal_vec(n_lat), shape, &device);
         let omega = tensor(self.rng.normal_vec(s * 77 * hidden), [s, 77, hidden], &device);
-
         let x0 = (lat.mean.clone() + lat.std.clone() * post_noise) * sd.spec.vae.scaling_factor;
+
+        // 1. Encode the prompts.
+        let one_text_pass = self.chunking.text >= k;
         let v = self.v.clone().require_grad();
-        let c = self.layout.encode(&sd.text, v.clone());
-        let cond = match self.cfg.mode {
-            Mode::DreamDistribution => PromptGaussian::fit(c.clone()).sample(omega, 1.0),
-            Mode::TextualInversion => c.clone().expand([s, 77, hidden]),
+        let c_graph = one_text_pass.then(|| self.layout.encode(&sd.text, v.clone()));
+        let c_leaf = match &c_graph {
+            Some(c) => c.clone().detach().require_grad(),
+            None => self.layout.encode(&sd.text, self.v.clone()).detach().require_grad(),
         };
-        let denoise = denoise_loss(sd, &self.schedule, cond, x0, eps, t);
-        let ortho = ortho_loss(c, self.layout.eos, self.cfg.ortho);
-        let loss = denoise.clone() + ortho.clone() * self.cfg.lambda;
-        let grads = loss.backward();
-        let g = v.grad(&grads).ok_or_else(|| Error::Device("no gradient reached the prompt embeddings".into()))?;
-        let new_v = self.adam.step(self.v.clone().inner(), g);
+        // 2. Gaussian, samples, orthogonality.
+        let cond = match self.cfg.mode {
+            Mode::DreamDistribution => PromptGaussian::fit(c_leaf.clone()).sample(omega, 1.0),
+            Mode::TextualInversion => c_leaf.clone().expand([s, 77, hidden]),
+        };
+        let ortho = ortho_loss(c_leaf.clone(), self.layout.eos, self.cfg.ortho);
+        // 3. Denoising loss through the UNet, chunk by chunk of samples.
+        let mut denoise_parts = vec![];
+        let mut cond_grads = vec![];
+        let ub = self.chunking.unet.clamp(1, s);
+        for start in (0..s).step_by(ub) {
+            let len = ub.min(s - start);
+            let chunk = cond.clone().narrow(0, start, len).detach().require_grad();
+            let l =
+                denoise_loss(sd, &self.schedule, chunk.clone(), x0.clone(), eps.clone(), t) * (len as f32 / s as f32);
+            let grads = l.backward();
+            cond_grads
+                .push(chunk.grad(&grads).ok_or_else(|| Error::Device("no gradient reached the conditioning".into()))?);
+            denoise_parts.push(l.inner());
+        }
+        let g_cond = Tensor::from_inner(Tensor::cat(cond_grads, 0));
+        let surrogate = (cond * g_cond).sum() + ortho.clone() * self.cfg.lambda;
+        let grads = surrogate.backward();
+        let g_c = c_leaf.grad(&grads).ok_or_else(|| Error::Device("no gradient reached the encodings".into()))?;
+        // 4. Through the text encoder to V.
+        let g_v = match c_graph {
+            Some(c) => {
+                let grads = (c * Tensor::from_inner(g_c)).sum().backward();
+                v.grad(&grads).ok_or_else(|| Error::Device("no gradient reached the prompt embeddings".into()))?
+            }
+            None => {
+                let tb = self.chunking.text.max(1);
+                let mut parts = vec![];
+                for start in (0..k).step_by(tb) {
+                    let len = tb.min(k - start);
+                    let vc = self.v.clone().narrow(0, start, len).require_grad();
+                    let cc = self.layout.encode(&sd.text, vc.clone());
+                    let gc = Tensor::from_inner(g_c.clone().narrow(0, start, len));
+                    let grads = (cc * gc).sum().backward();
+                    parts.push(
+                        vc.grad(&grads)
+                            .ok_or_else(|| Error::Device("no gradient reached the prompt embeddings".into()))?,
+                    );
+                }
+                Tensor::cat(parts, 0)
+            }
+        };
+        let new_v = self.adam.step(self.v.clone().inner(), g_v);
         self.v = Tensor::from_inner(new_v);
-        let values = read(Tensor::cat(vec![loss.inner(), denoise.inner(), ortho.inner()], 0)).await?;
+        let denoise = denoise_parts.into_iter().reduce(|a, b| a + b).expect("at least one sample");
+        let ortho = ortho.inner();
+        let loss = denoise.clone() + ortho.clone() * self.cfg.lambda;
+        let values = read(Tensor::cat(vec![loss, denoise, ortho], 0)).await?;
         if values.iter().any(|x| !x.is_finite()) {
             return Err(Error::Device(format!("training diverged at step {}: losses {values:?}", self.step + 1)));
         }
         self.step += 1;
         self.losses.push(values[0]);
         Ok(StepStats { step: self.step, loss: values[0], denoise: values[1], ortho: values[2] })
+    }
+
+    /// Sets how the step is split to bound memory (the result is the same up to float rounding).
+    pub fn set_chunking(&mut self, chunking: Chunking) {
+        self.chunking = chunking;
     }
 
     /// Fits the Gaussian of the current prompts under `template` (text-guided editing when it

@@ -37,9 +37,27 @@ pub struct BenchArgs {
     /// Samples S.
     #[arg(long, default_value_t = 4)]
     samples: usize,
+    /// Training step: UNet samples per pass (default 1; S = no chunking).
+    #[arg(long, default_value_t = 1)]
+    unet_batch: usize,
+    /// Training step: prompts per text-encoder backward chunk (default 8; K = no re-encoding).
+    #[arg(long, default_value_t = 8)]
+    text_batch: usize,
     /// Also write the table (markdown) to this file.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
+}
+
+/// Prints a row to stderr as soon as it is measured (a later out-of-memory abort keeps it).
+fn report(r: &Row) {
+    let peak = r.peak.map_or("n/a".to_string(), |p| format!("{:.2} GiB", p as f64 / (1u64 << 30) as f64));
+    eprintln!(
+        "bench: {} @ {}²: first {:.2} s, best {:.2} s, peak RSS {peak}",
+        r.what,
+        r.size,
+        r.first_ms / 1000.0,
+        r.best_ms / 1000.0
+    );
 }
 
 struct Row {
@@ -90,7 +108,11 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 block_on(read(out.sum()))?;
                 Ok(())
             })?;
-            rows.push(Row { what: "UNet forward (batch 1)".into(), size, first_ms: first, best_ms: best, peak });
+            {
+                let r = Row { what: "UNet forward (batch 1)".into(), size, first_ms: first, best_ms: best, peak };
+                report(&r);
+                rows.push(r);
+            }
             let (first, best, peak) = measure(a.iters, || {
                 let c = ctx.clone().require_grad();
                 let out = sd.unet.forward(x.clone(), &[500.0], &c);
@@ -99,29 +121,38 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 block_on(read(g.sum()))?;
                 Ok(())
             })?;
-            rows.push(Row {
-                what: "UNet fwd+bwd w.r.t. encoder_hidden_states".into(),
-                size,
-                first_ms: first,
-                best_ms: best,
-                peak,
-            });
+            {
+                let r = Row {
+                    what: "UNet fwd+bwd w.r.t. encoder_hidden_states".into(),
+                    size,
+                    first_ms: first,
+                    best_ms: best,
+                    peak,
+                };
+                report(&r);
+                rows.push(r);
+            }
         }
         if a.what.iter().any(|w| w == "train") {
             let img: Tensor<4> = tensor(rng.uniform_vec(3 * size * size, -1.0, 1.0), [1, 3, size, size], &device);
             let cfg = TrainConfig { k: a.k, m: a.m, samples: a.samples, resolution: size, ..TrainConfig::default() };
             let mut trainer = block_on(Trainer::new(cfg, &sd, &tokenizer, &[img]))?;
+            trainer.set_chunking(dreamdist::train::Chunking { unet: a.unet_batch, text: a.text_batch });
             let (first, best, peak) = measure(a.iters, || {
                 block_on(trainer.step(&sd))?;
                 Ok(())
             })?;
-            rows.push(Row {
-                what: format!("train step K={} M={} S={}", a.k, a.m, a.samples),
-                size,
-                first_ms: first,
-                best_ms: best,
-                peak,
-            });
+            {
+                let r = Row {
+                    what: format!("train step K={} M={} S={}", a.k, a.m, a.samples),
+                    size,
+                    first_ms: first,
+                    best_ms: best,
+                    peak,
+                };
+                report(&r);
+                rows.push(r);
+            }
             // Parts: the text encoder alone (K prompts, forward + backward to V).
             let (first, best, peak) = measure(a.iters, || {
                 let v = trainer.prompts().require_grad();
@@ -131,13 +162,17 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 block_on(read(g.sum()))?;
                 Ok(())
             })?;
-            rows.push(Row {
-                what: format!("  part: text encoder fwd+bwd, K={}", a.k),
-                size,
-                first_ms: first,
-                best_ms: best,
-                peak,
-            });
+            {
+                let r = Row {
+                    what: format!("  part: text encoder fwd+bwd, K={}", a.k),
+                    size,
+                    first_ms: first,
+                    best_ms: best,
+                    peak,
+                };
+                report(&r);
+                rows.push(r);
+            }
             let xs = tensor(rng.normal_vec(a.samples * 4 * lat * lat), [a.samples, 4, lat, lat], &device);
             let ctx = tensor(rng.normal_vec(a.samples * 77 * hidden), [a.samples, 77, hidden], &device);
             let (first, best, peak) = measure(a.iters, || {
@@ -148,13 +183,17 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 block_on(read(g.sum()))?;
                 Ok(())
             })?;
-            rows.push(Row {
-                what: format!("  part: UNet fwd+bwd, batch S={}", a.samples),
-                size,
-                first_ms: first,
-                best_ms: best,
-                peak,
-            });
+            {
+                let r = Row {
+                    what: format!("  part: UNet fwd+bwd, batch S={}", a.samples),
+                    size,
+                    first_ms: first,
+                    best_ms: best,
+                    peak,
+                };
+                report(&r);
+                rows.push(r);
+            }
         }
     }
     let mut table = format!(

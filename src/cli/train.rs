@@ -9,7 +9,7 @@ use dreamdist::dist::OrthoFeatures;
 use dreamdist::dist::file::{DistFile, Precision};
 use dreamdist::model::StableDiffusion;
 use dreamdist::tokenizer::ClipTokenizer;
-use dreamdist::train::{Mode, TrainConfig, Trainer, dist_file, restore_from_file};
+use dreamdist::train::{Chunking, Mode, TrainConfig, Trainer, dist_file, restore_from_file};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::common::ModelArgs;
@@ -66,6 +66,12 @@ pub struct TrainArgs {
     /// Write the checkpoint every N steps.
     #[arg(long, default_value_t = 50)]
     checkpoint_every: u64,
+    /// UNet samples per forward/backward (memory vs speed; the result is the same).
+    #[arg(long, default_value_t = 1)]
+    unet_batch: usize,
+    /// Prompts per text-encoder backward chunk (≥ K: no re-encoding; more memory).
+    #[arg(long, default_value_t = 8)]
+    text_batch: usize,
     /// Stop after this many steps in this run, keeping the checkpoint (continue with --resume).
     #[arg(long)]
     max_steps_this_run: Option<u64>,
@@ -150,6 +156,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     };
     let tokenizer = ClipTokenizer::sd2()?;
     let mut trainer = block_on(Trainer::new(cfg, &sd, &tokenizer, &images))?;
+    trainer.set_chunking(Chunking { unet: a.unet_batch.max(1), text: a.text_batch.max(1) });
     let name = a.out.file_stem().and_then(|s| s.to_str()).unwrap_or("distribution").to_string();
     let ckpt = PathBuf::from(format!("{}.ckpt", a.out.display()));
     if a.resume {
