@@ -57,7 +57,14 @@ fn group_norm(x: &[f64], n: usize, c: usize, hw: usize, g: usize, w: &[f32], b: 
     out
 }
 
-fn attention(q: &[f32], k: &[f32], v: &[f32], b: usize, lq: usize, lk: usize, dim: usize, heads: usize) -> Vec<f64> {
+/// `(b, lq, lk, dim)`: batch, query and key lengths, model width.
+fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    (b, lq, lk, dim): (usize, usize, usize, usize),
+    heads: usize,
+) -> Vec<f64> {
     let d = dim / heads;
     let mut out = vec![0.0; b * lq * dim];
     for bi in 0..b {
@@ -113,7 +120,7 @@ fn check_backend(kind: BackendKind) {
     let want_conv = conv3x3(&x64, &inp.conv_w, &inp.conv_b, 8, 16, 16);
     let gn_x: Vec<f64> = inp.gn_x.iter().map(|&v| v as f64).collect();
     let want_gn = group_norm(&gn_x, 2, 32, 64, shapes::GN_GROUPS, &inp.gn_w, &inp.gn_b);
-    let want_att = attention(&inp.q, &inp.k, &inp.v, 2, 16, 24, 64, shapes::HEADS);
+    let want_att = attention(&inp.q, &inp.k, &inp.v, (2, 16, 24, 64), shapes::HEADS);
     // Central finite differences of the loss at a spread of input coordinates.
     let probe: Vec<usize> = (0..inp.conv_x.len()).step_by(97).collect();
     let h = 1e-4;
