@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Copy the committed seed files into the (git-ignored) working corpus.
 # Regenerate the seeds themselves with:
-#   cargo test --release --lib dist::file::tests::write_fuzz_seeds -- --ignored
+#   DDIST_WRITE_SEEDS=1 cargo test --release --lib dist::file::tests::fuzz_seeds_are_current
 set -euo pipefail
 cd "$(dirname "$0")"
 mkdir -p corpus/ddist

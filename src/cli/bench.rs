@@ -153,9 +153,13 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 report(&r);
                 rows.push(r);
             }
-            // Parts: the text encoder alone (K prompts, forward + backward to V).
+            // Parts, as the step runs them: one text-encoder forward + backward for a chunk of
+            // prompts (the step does ⌈K/chunk⌉ of them plus one forward of all K when chunked),
+            // and one UNet forward + backward for a chunk of samples (⌈S/chunk⌉ per step).
+            let tb = a.text_batch.clamp(1, a.k);
+            let ub = a.unet_batch.clamp(1, a.samples);
             let (first, best, peak) = measure(a.iters, || {
-                let v = trainer.prompts().require_grad();
+                let v = trainer.prompts().narrow(0, 0, tb).require_grad();
                 let c = trainer.layout().encode(&sd.text, v.clone());
                 let grads = c.powi_scalar(2).mean().backward();
                 let g = v.grad(&grads).ok_or_else(|| anyhow::anyhow!("no gradient"))?;
@@ -164,7 +168,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             })?;
             {
                 let r = Row {
-                    what: format!("  part: text encoder fwd+bwd, K={}", a.k),
+                    what: format!("  part: text encoder fwd+bwd, {tb} prompts (×{} per step)", a.k.div_ceil(tb)),
                     size,
                     first_ms: first,
                     best_ms: best,
@@ -173,11 +177,11 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 report(&r);
                 rows.push(r);
             }
-            let xs = tensor(rng.normal_vec(a.samples * 4 * lat * lat), [a.samples, 4, lat, lat], &device);
-            let ctx = tensor(rng.normal_vec(a.samples * 77 * hidden), [a.samples, 77, hidden], &device);
+            let xs = tensor(rng.normal_vec(ub * 4 * lat * lat), [ub, 4, lat, lat], &device);
+            let ctx = tensor(rng.normal_vec(ub * 77 * hidden), [ub, 77, hidden], &device);
             let (first, best, peak) = measure(a.iters, || {
                 let c = ctx.clone().require_grad();
-                let out = sd.unet.forward(xs.clone(), &vec![500.0; a.samples], &c);
+                let out = sd.unet.forward(xs.clone(), &vec![500.0; ub], &c);
                 let grads = out.powi_scalar(2).mean().backward();
                 let g = c.grad(&grads).ok_or_else(|| anyhow::anyhow!("no gradient"))?;
                 block_on(read(g.sum()))?;
@@ -185,7 +189,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             })?;
             {
                 let r = Row {
-                    what: format!("  part: UNet fwd+bwd, batch S={}", a.samples),
+                    what: format!("  part: UNet fwd+bwd, batch {ub} (×{} per step)", a.samples.div_ceil(ub)),
                     size,
                     first_ms: first,
                     best_ms: best,

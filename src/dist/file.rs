@@ -1524,18 +1524,22 @@ mod tests {
         assert!(matches!(f.to_bytes(), Err(FileError::TooLarge { .. })));
     }
 
-    /// Writes the fuzzer's seed corpus (`fuzz/seeds/ddist/`, or `$DDIST_SEED_DIR`).
-    /// Run: `cargo test --release --lib dist::file::tests::write_fuzz_seeds -- --ignored`.
+    /// The committed fuzz seeds (`fuzz/seeds/ddist/`) are exactly what `seed_files` writes.
+    /// Regenerate them with `DDIST_WRITE_SEEDS=1 cargo test --release --lib fuzz_seeds_are_current`.
     #[test]
-    #[ignore]
-    fn write_fuzz_seeds() {
-        let dir = std::env::var("DDIST_SEED_DIR")
-            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/seeds/ddist").to_string());
-        std::fs::create_dir_all(&dir).unwrap();
+    fn fuzz_seeds_are_current() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/seeds/ddist");
+        let write = std::env::var("DDIST_WRITE_SEEDS").as_deref() == Ok("1");
         for (name, f) in seed_files() {
             let bytes = f.to_bytes().unwrap();
-            std::fs::write(format!("{dir}/{name}"), &bytes).unwrap();
-            eprintln!("{dir}/{name}: {} bytes", bytes.len());
+            let path = format!("{dir}/{name}");
+            if write {
+                std::fs::create_dir_all(dir).unwrap();
+                std::fs::write(&path, &bytes).unwrap();
+            }
+            let committed = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            assert_eq!(committed, bytes, "{path} is stale: regenerate with DDIST_WRITE_SEEDS=1");
+            assert_eq!(DistFile::from_bytes(&committed).unwrap(), DistFile::from_bytes(&bytes).unwrap());
         }
     }
 }
