@@ -68,18 +68,29 @@ struct Row {
     peak: Option<u64>,
 }
 
-fn measure(iters: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<(f64, f64, Option<u64>)> {
+/// Runs `f` once plus `iters` more times and records (and prints) a row with the first and the
+/// best time and the peak RSS over all runs.
+fn measure(
+    rows: &mut Vec<Row>,
+    what: String,
+    size: usize,
+    iters: usize,
+    mut f: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let can_reset = reset_peak_rss();
     let t0 = now_ms();
     f()?;
-    let first = now_ms() - t0;
-    let mut best = first;
+    let first_ms = now_ms() - t0;
+    let mut best_ms = first_ms;
     for _ in 0..iters {
         let t = now_ms();
         f()?;
-        best = best.min(now_ms() - t);
+        best_ms = best_ms.min(now_ms() - t);
     }
-    Ok((first, best, if can_reset { peak_rss() } else { None }))
+    let row = Row { what, size, first_ms, best_ms, peak: if can_reset { peak_rss() } else { None } };
+    report(&row);
+    rows.push(row);
+    Ok(())
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
@@ -103,17 +114,12 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         if a.what.iter().any(|w| w == "unet") {
             let x = tensor(rng.normal_vec(4 * lat * lat), [1, 4, lat, lat], &device);
             let ctx = tensor(rng.normal_vec(77 * hidden), [1, 77, hidden], &device);
-            let (first, best, peak) = measure(a.iters, || {
+            measure(&mut rows, "UNet forward (batch 1)".to_string(), size, a.iters, || {
                 let out = sd.unet.forward(x.clone(), &[500.0], &ctx);
                 block_on(read(out.sum()))?;
                 Ok(())
             })?;
-            {
-                let r = Row { what: "UNet forward (batch 1)".into(), size, first_ms: first, best_ms: best, peak };
-                report(&r);
-                rows.push(r);
-            }
-            let (first, best, peak) = measure(a.iters, || {
+            measure(&mut rows, "UNet fwd+bwd w.r.t. encoder_hidden_states".to_string(), size, a.iters, || {
                 let c = ctx.clone().require_grad();
                 let out = sd.unet.forward(x.clone(), &[500.0], &c);
                 let grads = out.powi_scalar(2).mean().backward();
@@ -121,83 +127,55 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 block_on(read(g.sum()))?;
                 Ok(())
             })?;
-            {
-                let r = Row {
-                    what: "UNet fwd+bwd w.r.t. encoder_hidden_states".into(),
-                    size,
-                    first_ms: first,
-                    best_ms: best,
-                    peak,
-                };
-                report(&r);
-                rows.push(r);
-            }
         }
         if a.what.iter().any(|w| w == "train") {
             let img: Tensor<4> = tensor(rng.uniform_vec(3 * size * size, -1.0, 1.0), [1, 3, size, size], &device);
             let cfg = TrainConfig { k: a.k, m: a.m, samples: a.samples, resolution: size, ..TrainConfig::default() };
             let mut trainer = block_on(Trainer::new(cfg, &sd, &tokenizer, &[img]))?;
             trainer.set_chunking(dreamdist::train::Chunking { unet: a.unet_batch, text: a.text_batch });
-            let (first, best, peak) = measure(a.iters, || {
+            let what = format!(
+                "train step K={} M={} S={} (UNet batch {}, text chunk {})",
+                a.k, a.m, a.samples, a.unet_batch, a.text_batch
+            );
+            measure(&mut rows, what, size, a.iters, || {
                 block_on(trainer.step(&sd))?;
                 Ok(())
             })?;
-            {
-                let r = Row {
-                    what: format!("train step K={} M={} S={}", a.k, a.m, a.samples),
-                    size,
-                    first_ms: first,
-                    best_ms: best,
-                    peak,
-                };
-                report(&r);
-                rows.push(r);
-            }
             // Parts, as the step runs them: one text-encoder forward + backward for a chunk of
             // prompts (the step does ⌈K/chunk⌉ of them plus one forward of all K when chunked),
             // and one UNet forward + backward for a chunk of samples (⌈S/chunk⌉ per step).
             let tb = a.text_batch.clamp(1, a.k);
             let ub = a.unet_batch.clamp(1, a.samples);
-            let (first, best, peak) = measure(a.iters, || {
-                let v = trainer.prompts().narrow(0, 0, tb).require_grad();
-                let c = trainer.layout().encode(&sd.text, v.clone());
-                let grads = c.powi_scalar(2).mean().backward();
-                let g = v.grad(&grads).ok_or_else(|| anyhow::anyhow!("no gradient"))?;
-                block_on(read(g.sum()))?;
-                Ok(())
-            })?;
-            {
-                let r = Row {
-                    what: format!("  part: text encoder fwd+bwd, {tb} prompts (×{} per step)", a.k.div_ceil(tb)),
-                    size,
-                    first_ms: first,
-                    best_ms: best,
-                    peak,
-                };
-                report(&r);
-                rows.push(r);
-            }
+            measure(
+                &mut rows,
+                format!("  part: text encoder fwd+bwd, {tb} prompts (×{} per step)", a.k.div_ceil(tb)),
+                size,
+                a.iters,
+                || {
+                    let v = trainer.prompts().narrow(0, 0, tb).require_grad();
+                    let c = trainer.layout().encode(&sd.text, v.clone());
+                    let grads = c.powi_scalar(2).mean().backward();
+                    let g = v.grad(&grads).ok_or_else(|| anyhow::anyhow!("no gradient"))?;
+                    block_on(read(g.sum()))?;
+                    Ok(())
+                },
+            )?;
             let xs = tensor(rng.normal_vec(ub * 4 * lat * lat), [ub, 4, lat, lat], &device);
             let ctx = tensor(rng.normal_vec(ub * 77 * hidden), [ub, 77, hidden], &device);
-            let (first, best, peak) = measure(a.iters, || {
-                let c = ctx.clone().require_grad();
-                let out = sd.unet.forward(xs.clone(), &vec![500.0; ub], &c);
-                let grads = out.powi_scalar(2).mean().backward();
-                let g = c.grad(&grads).ok_or_else(|| anyhow::anyhow!("no gradient"))?;
-                block_on(read(g.sum()))?;
-                Ok(())
-            })?;
-            {
-                let r = Row {
-                    what: format!("  part: UNet fwd+bwd, batch {ub} (×{} per step)", a.samples.div_ceil(ub)),
-                    size,
-                    first_ms: first,
-                    best_ms: best,
-                    peak,
-                };
-                report(&r);
-                rows.push(r);
-            }
+            measure(
+                &mut rows,
+                format!("  part: UNet fwd+bwd, batch {ub} (×{} per step)", a.samples.div_ceil(ub)),
+                size,
+                a.iters,
+                || {
+                    let c = ctx.clone().require_grad();
+                    let out = sd.unet.forward(xs.clone(), &vec![500.0; ub], &c);
+                    let grads = out.powi_scalar(2).mean().backward();
+                    let g = c.grad(&grads).ok_or_else(|| anyhow::anyhow!("no gradient"))?;
+                    block_on(read(g.sum()))?;
+                    Ok(())
+                },
+            )?;
         }
     }
     let mut table = format!(
