@@ -129,6 +129,22 @@ pub struct VaeLevel {
     sampler: Option<Conv2d>,
 }
 
+/// `n` resnets `resnets.0…` of a VAE level: the first maps `c_in → c_out`, the rest keep `c_out`.
+fn resnet_chain(vb: &Vb, n: usize, c_in: usize, c_out: usize, groups: usize) -> Vec<ResnetBlock> {
+    (0..n)
+        .map(|j| {
+            ResnetBlock::new(
+                &vb.pp(format!("resnets.{j}")),
+                if j == 0 { c_in } else { c_out },
+                c_out,
+                None,
+                groups,
+                1e-6,
+            )
+        })
+        .collect()
+}
+
 /// The image → posterior encoder (with `quant_conv`).
 #[derive(Module, Debug)]
 pub struct VaeEncoder {
@@ -183,18 +199,7 @@ impl Vae {
             let in_c = out_c;
             out_c = c;
             let vbl = e.pp(format!("down_blocks.{i}"));
-            let resnets = (0..cfg.layers_per_block)
-                .map(|j| {
-                    ResnetBlock::new(
-                        &vbl.pp(format!("resnets.{j}")),
-                        if j == 0 { in_c } else { out_c },
-                        out_c,
-                        None,
-                        g,
-                        1e-6,
-                    )
-                })
-                .collect();
+            let resnets = resnet_chain(&vbl, cfg.layers_per_block, in_c, out_c, g);
             // Stride-2 conv without padding after an asymmetric (0, 1) pad: see `forward`.
             let sampler = (i + 1 < n).then(|| Conv2d::new(&vbl.pp("downsamplers.0.conv"), out_c, out_c, 3, 2, 0));
             down.push(VaeLevel { resnets, sampler });
@@ -216,18 +221,7 @@ impl Vae {
             let prev_c = out_c;
             out_c = c;
             let vbl = d.pp(format!("up_blocks.{i}"));
-            let resnets = (0..cfg.layers_per_block + 1)
-                .map(|j| {
-                    ResnetBlock::new(
-                        &vbl.pp(format!("resnets.{j}")),
-                        if j == 0 { prev_c } else { out_c },
-                        out_c,
-                        None,
-                        g,
-                        1e-6,
-                    )
-                })
-                .collect();
+            let resnets = resnet_chain(&vbl, cfg.layers_per_block + 1, prev_c, out_c, g);
             let sampler = (i + 1 < n).then(|| Conv2d::new(&vbl.pp("upsamplers.0.conv"), out_c, out_c, 3, 1, 1));
             up.push(VaeLevel { resnets, sampler });
         }
