@@ -13,12 +13,15 @@ pub enum Error {
     /// Reading a tensor back from the device failed (device lost, out of memory...).
     #[error("reading a tensor back from the device failed: {0}")]
     Readback(String),
+    /// The user cancelled the operation.
+    #[error("cancelled")]
+    Cancelled,
     /// Input given by the user is invalid.
     #[error("invalid input: {0}")]
     Invalid(String),
     /// A `.ddist` file is malformed, or made for another model.
     #[error("distribution file: {0}")]
-    File(#[from] crate::dist::file::FileError),
+    File(#[from] crate::distribution::file::FileError),
     /// An I/O error with the path or resource involved.
     #[error("{context}: {source}")]
     Io {

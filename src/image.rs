@@ -18,6 +18,14 @@ pub const MIN_SIDE: u32 = 64;
 
 /// Decodes and preprocesses one image to `[3, R, R]` values in [-1, 1] (row-major, CHW).
 pub fn preprocess(bytes: &[u8], resolution: usize, name: &str) -> Result<Vec<f32>> {
+    let (v, _, _) = preprocess_with(bytes, resolution, 1, name)?;
+    Ok(v)
+}
+
+/// Decodes one image, resizes its shorter side to `resolution` and centre-crops the longer side
+/// to at most `long_factor × resolution`, rounded down to a multiple of 8 px. Returns
+/// (`[3, H, W]` values in [-1, 1], H, W).
+pub fn preprocess_with(bytes: &[u8], resolution: usize, long_factor: usize, name: &str) -> Result<(Vec<f32>, usize, usize)> {
     use image::ImageReader;
     use std::io::Cursor;
     let reader = ImageReader::new(Cursor::new(bytes))
@@ -58,21 +66,45 @@ pub fn preprocess(bytes: &[u8], resolution: usize, name: &str) -> Result<Vec<f32
     let scale = r as f64 / w.min(h) as f64;
     let (nw, nh) = (((w as f64 * scale).round() as u32).max(r), ((h as f64 * scale).round() as u32).max(r));
     let resized = image::imageops::resize(&rgb, nw, nh, image::imageops::FilterType::CatmullRom);
-    let (x0, y0) = ((nw - r) / 2, (nh - r) / 2);
-    let crop = image::imageops::crop_imm(&resized, x0, y0, r, r).to_image();
-    let plane = resolution * resolution;
+    let long = (r * long_factor.max(1) as u32) / 8 * 8;
+    let (cw, ch) = (nw.min(long.max(r)), nh.min(long.max(r)));
+    let (cw, ch) = (if cw > r { cw / 8 * 8 } else { cw }, if ch > r { ch / 8 * 8 } else { ch });
+    let (x0, y0) = ((nw - cw) / 2, (nh - ch) / 2);
+    let crop = image::imageops::crop_imm(&resized, x0, y0, cw, ch).to_image();
+    let plane = (cw * ch) as usize;
     let mut out = vec![0f32; 3 * plane];
     for (i, p) in crop.pixels().enumerate() {
         for c in 0..3 {
             out[c * plane + i] = p[c] as f32 / 127.5 - 1.0;
         }
     }
-    Ok(out)
+    Ok((out, ch as usize, cw as usize))
 }
 
 /// [`preprocess`] and upload as `[1, 3, R, R]`.
 pub fn load(bytes: &[u8], resolution: usize, name: &str, device: &Device) -> Result<Tensor<4>> {
     Ok(tensor(preprocess(bytes, resolution, name)?, [1, 3, resolution, resolution], device))
+}
+
+/// A reference image for training, `[1, 3, H, W]`: a centre square for [`Crop::Center`]; for
+/// [`Crop::Random`] the image keeps its aspect (long side at most twice the short one), and the
+/// trainer cuts a random square from its latents each step.
+///
+/// [`Crop::Center`]: crate::train::Crop::Center
+/// [`Crop::Random`]: crate::train::Crop::Random
+pub fn load_for_training(
+    bytes: &[u8],
+    resolution: usize,
+    crop: crate::train::Crop,
+    name: &str,
+    device: &Device,
+) -> Result<Tensor<4>> {
+    let factor = match crop {
+        crate::train::Crop::Center => 1,
+        crate::train::Crop::Random => 2,
+    };
+    let (v, h, w) = preprocess_with(bytes, resolution, factor, name)?;
+    Ok(tensor(v, [1, 3, h, w], device))
 }
 
 /// Encodes RGB bytes as PNG with `tEXt` chunks (key, value) describing how it was made.

@@ -8,7 +8,8 @@
 #![warn(missing_docs)]
 
 pub mod backend;
-pub mod dist;
+pub mod demo;
+pub mod distribution;
 pub mod error;
 pub mod image;
 pub mod model;

@@ -3,13 +3,14 @@
 //! outputs, activations and gradients. Used by `tests/parity.rs` and `dreamdist parity`.
 use std::collections::HashMap;
 
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::Tensor;
 use safetensors::{Dtype, SafeTensors};
 use serde::Serialize;
 
 use crate::backend::{read, tensor};
 use crate::model::StableDiffusion;
 use crate::model::nn::timestep_embedding;
+use crate::tokenizer::MAX_LEN;
 use crate::{Error, Result};
 
 /// One compared tensor.
@@ -93,28 +94,40 @@ async fn check<const D: usize>(io: &Io, name: &str, t: Tensor<D>, out: &mut Vec<
     Ok(())
 }
 
-/// Text encoder: token embeddings, last hidden state, and d(Σ out·R)/d(token embeddings).
+/// Compares `t` with the reference `name`, reported as `label`.
+async fn check_as<const D: usize>(io: &Io, name: &str, label: &str, t: Tensor<D>, out: &mut Vec<Check>) -> Result<()> {
+    let values = read(t).await?;
+    let mut c = compare(io, name, &values)?;
+    c.name = label.to_string();
+    out.push(c);
+    Ok(())
+}
+
+/// Text encoder: token embeddings, last hidden state, and d(Σ out·R)/d(token embeddings),
+/// the gradient both from one autodiff graph and from the block-wise walk.
 pub async fn text_encoder(sd: &StableDiffusion, io: &Io) -> Result<Vec<Check>> {
-    let device = crate::train::model_device(sd);
+    let device = sd.device();
     let ids = io.int("text.input_ids")?;
-    let b = ids.len() / 77;
-    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [b, 77]), &device);
+    let ids: Vec<Vec<u32>> = ids.chunks(MAX_LEN).map(|s| s.iter().map(|&i| i as u32).collect()).collect();
     let mut out = vec![];
-    check(io, "text.token_embeds", sd.text.embed_tokens(ids.clone()), &mut out).await?;
-    check(io, "text.last_hidden_state", sd.text.forward(ids), &mut out).await?;
+    check(io, "text.token_embeds", sd.text.embed_tokens(&ids, &device)?, &mut out).await?;
+    check(io, "text.last_hidden_state", sd.text.forward(&ids, &device)?, &mut out).await?;
     if io.has("text.grad_R") {
-        let emb = io.tensor::<3>("text.token_embeds", &device)?.require_grad();
+        let emb = io.tensor::<3>("text.token_embeds", &device)?;
         let r = io.tensor::<3>("text.grad_R", &device)?;
-        let grads = (sd.text.forward_embeds(emb.clone()) * r).sum().backward();
-        let g = emb.grad(&grads).ok_or_else(|| Error::Device("no gradient".into()))?;
+        let leaf = emb.clone().autodiff().require_grad();
+        let grads = (sd.text.forward_embeds(leaf.clone()) * r.clone()).sum().backward();
+        let g = leaf.grad(&grads).ok_or_else(|| Error::Device("no gradient".into()))?;
         check(io, "text.grad_token_embeds", g, &mut out).await?;
+        let (_, g) = sd.text.embeds_vjp(emb, |_| r, &mut ())?;
+        check_as(io, "text.grad_token_embeds", "text.grad_token_embeds (block-wise)", g, &mut out).await?;
     }
     Ok(out)
 }
 
 /// UNet: timestep embeddings, activations, output, and d(Σ out·R)/d(encoder_hidden_states).
 pub async fn unet(sd: &StableDiffusion, io: &Io) -> Result<Vec<Check>> {
-    let device = crate::train::model_device(sd);
+    let device = sd.device();
     let ts: Vec<f32> = io.int("unet.timesteps")?.iter().map(|&t| t as f32).collect();
     let x = io.tensor::<4>("unet.sample", &device)?;
     let ctx = io.tensor::<3>("unet.encoder_hidden_states", &device)?;
@@ -139,18 +152,21 @@ pub async fn unet(sd: &StableDiffusion, io: &Io) -> Result<Vec<Check>> {
     check(io, "unet.mid_block", trace.mid, &mut out).await?;
     check(io, "unet.out", y, &mut out).await?;
     if io.has("unet.grad_R") {
-        let c = ctx.require_grad();
+        let c = ctx.clone().autodiff().require_grad();
         let r = io.tensor::<4>("unet.grad_R", &device)?;
-        let grads = (sd.unet.forward(x, &ts, &c) * r).sum().backward();
+        let grads = (sd.unet.forward(x.clone().autodiff(), &ts, &c) * r.clone()).sum().backward();
         let g = c.grad(&grads).ok_or_else(|| Error::Device("no gradient".into()))?;
         check(io, "unet.grad_encoder_hidden_states", g, &mut out).await?;
+        let (_, g) = sd.unet.context_vjp(x, &ts, ctx, |_| r, &sd.plan, &mut ())?;
+        check_as(io, "unet.grad_encoder_hidden_states", "unet.grad_encoder_hidden_states (block-wise)", g, &mut out)
+            .await?;
     }
     Ok(out)
 }
 
 /// VAE: posterior mean / log-variance of an image, scaled latent, and a decode.
 pub async fn vae(sd: &StableDiffusion, io: &Io) -> Result<Vec<Check>> {
-    let device = crate::train::model_device(sd);
+    let device = sd.device();
     let mut out = vec![];
     let post = sd.vae.encode(io.tensor::<4>("vae.image", &device)?);
     check(io, "vae.posterior_mean", post.mean.clone(), &mut out).await?;

@@ -1,9 +1,13 @@
 //! Conditioning → image: classifier-free guided sampling with the frozen UNet, decoded by the VAE.
-use burn::tensor::{Int, Tensor, TensorData};
+//!
+//! [`generate_batch`] denoises several images at once (one UNet call per step for all of them
+//! and their unconditional twins), yields to the caller between steps (progress, and a cancel
+//! takes effect within one step), and keeps every tensor within the model's memory plan.
+use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{read, tensor};
-use crate::dist::PromptGaussian;
+use crate::distribution::PromptGaussian;
 use crate::model::StableDiffusion;
 use crate::rng::Rng;
 use crate::schedule::{NoiseSchedule, Sampler, SamplerKind};
@@ -21,7 +25,7 @@ pub struct SampleConfig {
     pub sampler: SamplerKind,
     /// Spread γ: c̃ = μ + γ·ω⊙σ (0 gives μ).
     pub gamma: f32,
-    /// Image side in pixels (multiple of the VAE downscale).
+    /// Image side in pixels (a multiple of the model's [`size_multiple`](crate::model::ModelSpec::size_multiple)).
     pub size: usize,
     /// Seed.
     pub seed: u64,
@@ -30,6 +34,23 @@ pub struct SampleConfig {
 impl Default for SampleConfig {
     fn default() -> Self {
         Self { steps: 50, guidance: 7.5, sampler: SamplerKind::Ddim, gamma: 1.0, size: 768, seed: 0 }
+    }
+}
+
+impl SampleConfig {
+    /// Checks the parameters against the model before any work.
+    pub fn check(&self, sd: &StableDiffusion) -> Result<()> {
+        sd.spec.check_size(self.size)?;
+        if self.steps == 0 || self.steps > 1000 {
+            return Err(Error::Invalid(format!("steps must be in 1..=1000, got {}", self.steps)));
+        }
+        if !self.guidance.is_finite() || !(0.0..=50.0).contains(&self.guidance) {
+            return Err(Error::Invalid(format!("guidance must be in 0..=50, got {}", self.guidance)));
+        }
+        if !self.gamma.is_finite() || !(0.0..=10.0).contains(&self.gamma) {
+            return Err(Error::Invalid(format!("γ must be in 0..=10, got {}", self.gamma)));
+        }
+        Ok(())
     }
 }
 
@@ -48,12 +69,7 @@ pub struct RgbImage {
 /// unconditional embedding of classifier-free guidance).
 pub fn encode_text(sd: &StableDiffusion, tokenizer: &ClipTokenizer, text: &str) -> Result<Tensor<3>> {
     let ids = tokenizer.encode(text)?;
-    let device = crate::train::model_device(sd);
-    let ids = Tensor::<2, Int>::from_data(
-        TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [1, 77]),
-        &device,
-    );
-    Ok(sd.text.forward(ids))
+    sd.text.forward(&[ids], &sd.device())
 }
 
 /// Draws one conditioning `[1, 77, H]` from `g` with spread `gamma`.
@@ -61,6 +77,86 @@ pub fn sample_condition(g: &PromptGaussian, gamma: f32, rng: &mut Rng) -> Tensor
     let [l, h] = g.mu.dims();
     let omega = tensor(rng.normal_vec(l * h), [1, l, h], &g.mu.device());
     g.sample(omega, gamma)
+}
+
+/// What [`generate_batch`] reports between steps; returning `false` cancels.
+pub type StepHook<'a> = dyn FnMut(usize, usize) -> bool + 'a;
+
+/// Awaits a macrotask so the browser can deliver messages (cancel) and paint; nothing natively.
+pub async fn yield_now() {
+    #[cfg(target_arch = "wasm32")]
+    {
+        let p = js_sys::Promise::new(&mut |resolve, _| {
+            let g = js_sys::global();
+            let set_timeout = js_sys::Reflect::get(&g, &"setTimeout".into()).expect("setTimeout");
+            let f: js_sys::Function = set_timeout.into();
+            let _ = f.call2(&g, &resolve, &0.into());
+        });
+        let _ = wasm_bindgen_futures::JsFuture::from(p).await;
+    }
+}
+
+/// Generates one image per conditioning in `conds` (`[1, 77, H]` each), all denoised together;
+/// image `i` starts from its own generator `rngs[i]` (so a seed gives the same image alone or
+/// in a batch). `uncond` is the empty prompt's encoding. `on_step(i, n)` runs after each step and
+/// cancels by returning `false`.
+pub async fn generate_batch(
+    sd: &StableDiffusion,
+    conds: &[Tensor<3>],
+    uncond: Tensor<3>,
+    cfg: &SampleConfig,
+    rngs: &mut [Rng],
+    on_step: &mut StepHook<'_>,
+) -> Result<Vec<RgbImage>> {
+    cfg.check(sd)?;
+    if conds.is_empty() || conds.len() != rngs.len() {
+        return Err(Error::Invalid("one generator per conditioning is needed".into()));
+    }
+    let b = conds.len();
+    let device = sd.device();
+    let lat = cfg.size / sd.spec.vae.downscale();
+    let per = sd.spec.unet.in_channels * lat * lat;
+    let mut sampler = Sampler::new(cfg.sampler, sd.spec.unet.prediction, NoiseSchedule::sd21(), cfg.steps);
+    let noise0: Vec<f32> = rngs.iter_mut().flat_map(|r| r.normal_vec(per)).collect();
+    let shape = [b, sd.spec.unet.in_channels, lat, lat];
+    let mut x = tensor(noise0, shape, &device) * sampler.init_noise_sigma();
+    let guided = cfg.guidance != 1.0;
+    let cond = Tensor::cat(conds.to_vec(), 0);
+    let [_, l, h] = uncond.dims();
+    let context = if guided { Tensor::cat(vec![uncond.expand([b, l, h]), cond], 0) } else { cond };
+    let timesteps = sampler.timesteps().to_vec();
+    for (i, &t) in timesteps.iter().enumerate() {
+        let input = sampler.scale_model_input(x.clone(), i);
+        let out = if guided {
+            let both = sd.unet.forward_planned(
+                Tensor::cat(vec![input.clone(), input], 0),
+                &vec![t; 2 * b],
+                &context,
+                &sd.plan,
+                &mut (),
+            );
+            let u = both.clone().narrow(0, 0, b);
+            let c = both.narrow(0, b, b);
+            u.clone() + (c - u) * cfg.guidance
+        } else {
+            sd.unet.forward_planned(input, &vec![t; b], &context, &sd.plan, &mut ())
+        };
+        let noise = sampler
+            .needs_noise()
+            .then(|| tensor(rngs.iter_mut().flat_map(|r| r.normal_vec(per)).collect(), shape, &device));
+        x = sampler.step(out, i, x, noise);
+        if !on_step(i + 1, timesteps.len()) {
+            return Err(Error::Cancelled);
+        }
+        yield_now().await;
+    }
+    let mut images = Vec::with_capacity(b);
+    for j in 0..b {
+        let img = sd.vae.decode_planned(x.clone().narrow(0, j, 1) / sd.spec.vae.scaling_factor, &sd.plan);
+        let [_, _, hh, ww] = img.dims();
+        images.push(to_rgb(&read(img).await?, ww, hh));
+    }
+    Ok(images)
 }
 
 /// Generates one image for conditioning `cond` `[1, 77, H]`; `uncond` is the empty prompt's.
@@ -73,42 +169,14 @@ pub async fn generate(
     rng: &mut Rng,
     mut on_step: impl FnMut(usize, usize),
 ) -> Result<RgbImage> {
-    let down = sd.spec.vae.downscale();
-    if cfg.size == 0 || !cfg.size.is_multiple_of(down) || cfg.size > 2048 {
-        return Err(Error::Invalid(format!(
-            "image size {} must be a positive multiple of {down} up to 2048",
-            cfg.size
-        )));
-    }
-    if cfg.steps == 0 || cfg.steps > 1000 {
-        return Err(Error::Invalid(format!("steps must be in 1..=1000, got {}", cfg.steps)));
-    }
-    let device = cond.device();
-    let lat = cfg.size / down;
-    let shape = [1, sd.spec.unet.in_channels, lat, lat];
-    let n: usize = shape.iter().product();
-    let mut sampler = Sampler::new(cfg.sampler, sd.spec.unet.prediction, NoiseSchedule::sd21(), cfg.steps);
-    let mut x = tensor(rng.normal_vec(n), shape, &device) * sampler.init_noise_sigma();
-    let guided = cfg.guidance != 1.0;
-    let context = if guided { Tensor::cat(vec![uncond, cond], 0) } else { cond };
-    let timesteps = sampler.timesteps().to_vec();
-    for (i, &t) in timesteps.iter().enumerate() {
-        let input = sampler.scale_model_input(x.clone(), i);
-        let out = if guided {
-            let both = sd.unet.forward(Tensor::cat(vec![input.clone(), input], 0), &[t, t], &context);
-            let [u, c] = <[Tensor<4>; 2]>::try_from(both.chunk(2, 0)).expect("two halves");
-            u.clone() + (c - u) * cfg.guidance
-        } else {
-            sd.unet.forward(input, &[t], &context)
-        };
-        let noise = sampler.needs_noise().then(|| tensor(rng.normal_vec(n), shape, &device));
-        x = sampler.step(out, i, x, noise);
-        on_step(i + 1, timesteps.len());
-    }
-    let img = sd.vae.decode(x / sd.spec.vae.scaling_factor);
-    let [_, _, h, w] = img.dims();
-    let values = read(img).await?;
-    Ok(to_rgb(&values, w, h))
+    let mut rngs = [rng.clone()];
+    let mut hook = |i, n| {
+        on_step(i, n);
+        true
+    };
+    let mut out = generate_batch(sd, &[cond], uncond, cfg, &mut rngs, &mut hook).await?;
+    *rng = rngs[0].clone();
+    Ok(out.remove(0))
 }
 
 /// `[3, H, W]` values in [-1, 1] → interleaved RGB bytes.

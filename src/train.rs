@@ -1,16 +1,29 @@
 //! Algorithm 1 of DreamDistribution: learn K soft prompts whose encoder outputs form a Gaussian
 //! that explains the reference images under the frozen UNet's denoising loss, plus
 //! λ·orthogonality between prompts. Only the prompt embeddings V learn; the networks are
-//! frozen (their parameters never require gradients, so no weight gradient is computed).
-use burn::tensor::{Device, Tensor};
+//! frozen and never receive gradients.
+//!
+//! A step computes the exact gradient ∂L/∂V with block-wise backpropagation (see
+//! [`crate::model::tape`]): the text encoder and the UNet run forward without autodiff keeping
+//! only their piece boundaries, then walk back piece by piece, recomputing one piece at a time
+//! under autodiff. Peak memory is the boundaries plus one piece (one resnet, one block of
+//! attention queries, one chunk of feed-forward tokens), not the whole graph.
+//!
+//! Two recipes: [`Recipe::Paper`] (the default: the paper's Algorithm 1 and settings) and
+//! [`Recipe::Authors`] (the authors' released training script); docs/METHOD.md lists every
+//! difference with its source.
+use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{read, tensor};
-use crate::dist::{OrthoFeatures, PromptGaussian, PromptLayout, Template, ortho_loss};
+use crate::distribution::{
+    OrthoFeatures, OrthoForm, PromptGaussian, PromptLayout, SigmaEstimate, Template, fit_gaussian, ortho_loss_with,
+};
 use crate::model::StableDiffusion;
+use crate::model::tape::{Observer, Val};
 use crate::rng::Rng;
 use crate::schedule::NoiseSchedule;
-use crate::tokenizer::ClipTokenizer;
+use crate::tokenizer::{ClipTokenizer, MAX_LEN};
 use crate::{Error, Result};
 
 /// Learning mode.
@@ -20,22 +33,71 @@ pub enum Mode {
     /// K prompts, Gaussian over their encodings, reparameterised samples (the paper).
     #[default]
     DreamDistribution,
-    /// Textual Inversion: one prompt (K = 1), no sampling (the paper's main baseline).
+    /// Textual Inversion: one prompt (K = 1), no sampling (the paper's main baseline): one
+    /// UNet pass per image.
     TextualInversion,
 }
 
-/// Training hyper-parameters (paper defaults).
+/// Which settings a run follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Recipe {
+    /// The paper (Algorithm 1 and its stated settings). Default.
+    #[default]
+    Paper,
+    /// The authors' released training script (briannlongzhao/DreamDistribution `train.py`).
+    Authors,
+}
+
+impl std::str::FromStr for Recipe {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "paper" => Ok(Recipe::Paper),
+            "authors" => Ok(Recipe::Authors),
+            _ => Err(Error::Invalid(format!("unknown recipe {s:?} (paper or authors)"))),
+        }
+    }
+}
+
+/// The optimizer of V.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Optimizer {
+    /// Adam (β₁ 0.9, β₂ 0.999, ε 1e-8).
+    Adam,
+    /// AdamW with decoupled weight decay.
+    AdamW {
+        /// Weight decay.
+        weight_decay: f32,
+    },
+}
+
+/// How a reference image is cropped to the training square.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Crop {
+    /// The centre square (fixed).
+    #[default]
+    Center,
+    /// A random square each step (in latent space: the image is encoded once with its aspect
+    /// kept, and a square of latents is cut at a random offset).
+    Random,
+}
+
+/// Training hyper-parameters.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct TrainConfig {
     /// Number of prompts K.
     pub k: usize,
     /// Learned tokens per prompt M.
     pub m: usize,
-    /// Reparameterised samples per step S.
+    /// Reparameterised samples per image per step S.
     pub samples: usize,
     /// Weight λ of the orthogonality loss.
     pub lambda: f32,
-    /// Adam learning rate (constant).
+    /// Learning rate (constant).
     pub lr: f32,
     /// Optimisation steps.
     pub steps: u64,
@@ -51,10 +113,33 @@ pub struct TrainConfig {
     pub mode: Mode,
     /// Initialise V from this word's token embedding (plus N(0, 0.02) noise).
     pub init_word: Option<String>,
+    /// Which recipe the settings below came from.
+    pub recipe: Recipe,
+    /// Reference images per step (each with its own timestep, noise and S samples).
+    pub images_per_step: usize,
+    /// Optimizer.
+    pub optimizer: Optimizer,
+    /// Min-SNR loss weighting γ (`min(SNR, γ)/SNR` per item, as the authors' code); `None` = off.
+    pub min_snr_gamma: Option<f32>,
+    /// Crop.
+    pub crop: Crop,
+    /// σ estimate.
+    pub sigma: SigmaEstimate,
+    /// Orthogonality-loss form.
+    pub ortho_form: OrthoForm,
+    /// Clip the gradient's global L2 norm to this value.
+    pub grad_clip: Option<f32>,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
+        Self::paper()
+    }
+}
+
+impl TrainConfig {
+    /// The paper's settings (Algorithm 1).
+    pub fn paper() -> Self {
         Self {
             k: 32,
             m: 4,
@@ -68,15 +153,79 @@ impl Default for TrainConfig {
             ortho: OrthoFeatures::Eos,
             mode: Mode::DreamDistribution,
             init_word: None,
+            recipe: Recipe::Paper,
+            images_per_step: 1,
+            optimizer: Optimizer::Adam,
+            min_snr_gamma: None,
+            crop: Crop::Center,
+            sigma: SigmaEstimate::Population,
+            ortho_form: OrthoForm::AbsPairs,
+            grad_clip: None,
+        }
+    }
+
+    /// The authors' released script: squared cosine over ordered pairs, λ = 1e-3, 2000 steps,
+    /// 4 images per step, AdamW (weight decay 1e-2), Min-SNR γ = 5, random crop, unbiased σ,
+    /// gradient clipping at 1.0.
+    pub fn authors() -> Self {
+        Self {
+            lambda: 1e-3,
+            steps: 2000,
+            recipe: Recipe::Authors,
+            images_per_step: 4,
+            optimizer: Optimizer::AdamW { weight_decay: 1e-2 },
+            min_snr_gamma: Some(5.0),
+            crop: Crop::Random,
+            sigma: SigmaEstimate::Unbiased,
+            ortho_form: OrthoForm::SquaredOrdered,
+            grad_clip: Some(1.0),
+            ..Self::paper()
+        }
+    }
+
+    /// The settings of a recipe.
+    pub fn for_recipe(r: Recipe) -> Self {
+        match r {
+            Recipe::Paper => Self::paper(),
+            Recipe::Authors => Self::authors(),
+        }
+    }
+
+    /// UNet items per step: S per image (DreamDistribution) or one per image (Textual Inversion).
+    pub fn unet_items(&self) -> usize {
+        match self.mode {
+            Mode::DreamDistribution => self.images_per_step * self.samples,
+            Mode::TextualInversion => self.images_per_step,
         }
     }
 }
 
-/// Adam on one tensor (β₁ 0.9, β₂ 0.999, ε 1e-8), state kept on the device.
+/// The denoising loss of conditionings `cond` `[S, 77, H]` on latent `x0` `[1, 4, h, w]` at
+/// timestep `t` with noise `eps`: mean over samples and elements of (target − UNet(xₜ, t, c̃))²
+/// (evaluation; training computes the same loss block-wise in [`Trainer::gradient`]).
+pub fn denoise_loss(
+    sd: &StableDiffusion,
+    schedule: &NoiseSchedule,
+    cond: Tensor<3>,
+    x0: Tensor<4>,
+    eps: Tensor<4>,
+    t: usize,
+) -> Tensor<1> {
+    let s = cond.dims()[0];
+    let [_, c, h, w] = x0.dims();
+    let xt = schedule.add_noise(x0.clone(), eps.clone(), &[t]);
+    let target = schedule.target(sd.spec.unet.prediction, x0, eps, &[t]);
+    let pred = sd.unet.forward_planned(xt.expand([s, c, h, w]), &vec![t as f32; s], &cond, &sd.plan, &mut ());
+    (pred - target.expand([s, c, h, w])).powi_scalar(2).mean()
+}
+
+/// Adam / AdamW on one tensor, state kept on the device.
 #[derive(Clone, Debug)]
 pub struct Adam {
     /// Learning rate.
     pub lr: f32,
+    /// Decoupled weight decay (0 for Adam).
+    pub weight_decay: f32,
     /// First moment.
     pub m: Tensor<3>,
     /// Second moment.
@@ -91,13 +240,14 @@ impl Adam {
     const EPS: f32 = 1e-8;
 
     /// Zero state shaped like `like`.
-    pub fn new(lr: f32, like: &Tensor<3>) -> Self {
-        Self { lr, m: like.zeros_like(), v: like.zeros_like(), t: 0 }
+    pub fn new(lr: f32, weight_decay: f32, like: &Tensor<3>) -> Self {
+        Self { lr, weight_decay, m: like.zeros_like(), v: like.zeros_like(), t: 0 }
     }
 
-    /// Returns `param` after one step along `grad`.
+    /// Returns `param` after one step along `grad` (torch's Adam / AdamW update).
     pub fn step(&mut self, param: Tensor<3>, grad: Tensor<3>) -> Tensor<3> {
         self.t += 1;
+        let param = if self.weight_decay > 0.0 { param.clone() - param * (self.lr * self.weight_decay) } else { param };
         self.m = self.m.clone() * Self::B1 + grad.clone() * (1.0 - Self::B1);
         self.v = self.v.clone() * Self::B2 + grad.powi_scalar(2) * (1.0 - Self::B2);
         let bc1 = 1.0 - Self::B1.powi(self.t as i32);
@@ -114,17 +264,50 @@ pub struct StepStats {
     pub step: u64,
     /// Total loss.
     pub loss: f32,
-    /// Denoising part (mean over the S samples).
+    /// Denoising part (weighted mean over the UNet items).
     pub denoise: f32,
     /// Orthogonality part (before λ).
     pub ortho: f32,
 }
 
-/// A reference image's cached VAE posterior (unscaled latents).
+/// A reference image's cached VAE posterior (unscaled latents), at the image's own aspect.
 #[derive(Clone, Debug)]
-struct CachedLatent {
-    mean: Tensor<4>,
-    std: Tensor<4>,
+pub struct CachedLatent {
+    /// Posterior mean `[1, 4, h, w]`.
+    pub mean: Tensor<4>,
+    /// Posterior standard deviation.
+    pub std: Tensor<4>,
+}
+
+/// The random draws of one step (all made on the host, so every backend sees the same).
+#[derive(Clone, Debug)]
+pub struct StepDraws {
+    /// Per image of the step: cached-latent index, timestep, crop offset (latent rows, columns).
+    pub images: Vec<(usize, usize, (usize, usize))>,
+    /// Per image: posterior noise and diffusion noise, `[1, 4, s, s]` each (host values).
+    pub noise: Vec<(Vec<f32>, Vec<f32>)>,
+    /// ω for the reparameterised samples, `[items, 77, H]` (empty in Textual Inversion mode).
+    pub omega: Vec<f32>,
+}
+
+/// How a step's UNet work is split to bound memory (the gradient is the same).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunking {
+    /// UNet items (image × sample pairs) per forward/backward.
+    pub unet: usize,
+}
+
+impl Default for Chunking {
+    fn default() -> Self {
+        Self { unet: 1 }
+    }
+}
+
+impl Chunking {
+    /// Everything in one pass.
+    pub fn unchunked() -> Self {
+        Self { unet: usize::MAX }
+    }
 }
 
 /// The training state: everything needed to continue, and to resume bit-identically.
@@ -132,12 +315,14 @@ pub struct Trainer {
     /// Hyper-parameters.
     pub cfg: TrainConfig,
     layout: PromptLayout,
-    /// Current prompt embeddings V `[K, M, H]` (detached).
+    /// Current prompt embeddings V `[K, M, H]`.
     v: Tensor<3>,
     adam: Adam,
     rng: Rng,
     latents: Vec<CachedLatent>,
     schedule: NoiseSchedule,
+    /// Order of images for multi-image steps (an epoch, reshuffled when used up).
+    order: Vec<usize>,
     /// Steps done.
     pub step: u64,
     /// Total loss per step so far.
@@ -145,52 +330,14 @@ pub struct Trainer {
     chunking: Chunking,
 }
 
-/// How a training step is split to bound peak memory; the gradient is the same (exact chain
-/// rule), only float summation order differs. Defaults suit a 24 GB machine or a browser tab
-/// with full-size SD 2.1 at 512²: one UNet sample at a time, prompts in chunks of 8 (re-encoded
-/// for the backward pass, ~⅓ more text-encoder compute).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Chunking {
-    /// Samples c̃ per UNet forward/backward.
-    pub unet: usize,
-    /// Prompts per text-encoder backward; ≥ K encodes once with autodiff (no recompute).
-    pub text: usize,
-}
-
-impl Default for Chunking {
-    fn default() -> Self {
-        Self { unet: 1, text: 8 }
-    }
-}
-
-impl Chunking {
-    /// Everything in one pass (fastest, most memory).
-    pub fn unchunked() -> Self {
-        Self { unet: usize::MAX, text: usize::MAX }
-    }
-}
-
-/// The denoising loss of conditionings `cond` `[S, 77, H]` on latent `x0` `[1, 4, h, w]` at
-/// timestep `t` with noise `eps`: mean over samples and elements of (target − UNet(xₜ, t, c̃))².
-pub fn denoise_loss(
-    sd: &StableDiffusion,
-    schedule: &NoiseSchedule,
-    cond: Tensor<3>,
-    x0: Tensor<4>,
-    eps: Tensor<4>,
-    t: usize,
-) -> Tensor<1> {
-    let s = cond.dims()[0];
-    let [_, c, h, w] = x0.dims();
-    let xt = schedule.add_noise(x0.clone(), eps.clone(), &[t]);
-    let target = schedule.target(sd.spec.unet.prediction, x0, eps, &[t]);
-    let pred = sd.unet.forward(xt.expand([s, c, h, w]), &vec![t as f32; s], &cond);
-    (pred - target.expand([s, c, h, w])).powi_scalar(2).mean()
+fn bad_grad(what: &str) -> Error {
+    Error::Device(format!("no gradient reached {what}"))
 }
 
 impl Trainer {
-    /// Sets up training on `images` (each `[1, 3, R, R]` in [-1, 1]); the models must live on
-    /// an autodiff device. The VAE posterior of each image is computed once and cached.
+    /// Sets up training on `images` (each `[1, 3, H, W]` in [-1, 1], the shorter side at the
+    /// training resolution; centre-cropped squares for [`Crop::Center`]). The VAE posterior of
+    /// each image is computed once and cached.
     pub async fn new(
         cfg: TrainConfig,
         sd: &StableDiffusion,
@@ -203,29 +350,47 @@ impl Trainer {
         if cfg.mode == Mode::TextualInversion && cfg.k != 1 {
             return Err(Error::Invalid(format!("Textual Inversion mode uses K = 1, got K = {}", cfg.k)));
         }
-        if cfg.k == 0 || cfg.samples == 0 || cfg.m == 0 {
-            return Err(Error::Invalid("K, M and S must be at least 1".into()));
+        if cfg.k == 0 || cfg.samples == 0 || cfg.m == 0 || cfg.images_per_step == 0 {
+            return Err(Error::Invalid("K, M, S and images per step must be at least 1".into()));
         }
         if !(cfg.lr > 0.0 && cfg.lr.is_finite() && cfg.lambda >= 0.0 && cfg.lambda.is_finite()) {
             return Err(Error::Invalid(format!("invalid lr {} or lambda {}", cfg.lr, cfg.lambda)));
         }
-        let device = images[0].device();
+        sd.spec.check_size(cfg.resolution)?;
+        let device = sd.device();
         let template = Template::parse(&cfg.template)?;
         let layout = PromptLayout::new(tokenizer, &template, cfg.m)?;
         let mut rng = Rng::new(cfg.seed);
         let init = match &cfg.init_word {
-            Some(w) => Some(crate::dist::prompt::token_embedding_row(&sd.text, tokenizer, w, &device).await?),
+            Some(w) => Some(crate::distribution::prompt::token_embedding_row(&sd.text, tokenizer, w)?),
             None => None,
         };
         let hidden = sd.spec.clip.hidden_size;
-        let v0 = crate::dist::prompt::init_prompts(cfg.k, cfg.m, hidden, &mut rng, init.as_deref());
+        let v0 = crate::distribution::prompt::init_prompts(cfg.k, cfg.m, hidden, &mut rng, init.as_deref());
         let v = tensor(v0, [cfg.k, cfg.m, hidden], &device);
+        let lat_side = cfg.resolution / sd.spec.vae.downscale();
         let mut latents = vec![];
         for img in images {
-            let p = sd.vae.encode(img.clone().detach());
-            latents.push(CachedLatent { mean: p.mean.detach(), std: (p.logvar * 0.5).exp().detach() });
+            let [_, _, h, w] = img.dims();
+            if h.min(w) != cfg.resolution {
+                return Err(Error::Invalid(format!(
+                    "reference images must have their shorter side at the training resolution {}, got {h}×{w}",
+                    cfg.resolution
+                )));
+            }
+            let p = sd.vae.encode_planned(img.clone().without_autodiff(), &sd.plan);
+            let lat = CachedLatent { mean: p.mean, std: (p.logvar * 0.5).exp() };
+            let [_, _, lh, lw] = lat.mean.dims();
+            if lh.min(lw) != lat_side {
+                return Err(Error::Invalid(format!("unexpected latent size {lh}×{lw}")));
+            }
+            latents.push(lat);
         }
-        let adam = Adam::new(cfg.lr, &v);
+        let wd = match cfg.optimizer {
+            Optimizer::Adam => 0.0,
+            Optimizer::AdamW { weight_decay } => weight_decay,
+        };
+        let adam = Adam::new(cfg.lr, wd, &v);
         Ok(Self {
             cfg,
             layout,
@@ -234,6 +399,7 @@ impl Trainer {
             rng,
             latents,
             schedule: NoiseSchedule::sd21(),
+            order: vec![],
             step: 0,
             losses: vec![],
             chunking: Chunking::default(),
@@ -250,117 +416,217 @@ impl Trainer {
         self.v.clone()
     }
 
-    /// One optimisation step (Algorithm 1); reads the losses back (async).
-    ///
-    /// The gradient is exact but computed in pieces to bound memory (see [`Chunking`]):
-    /// 1. the K prompts are encoded (with autodiff only if all fit in one text chunk);
-    /// 2. from a leaf copy of the encodings, μ, σ, the S samples c̃ and L_ortho are formed;
-    /// 3. the UNet's denoising loss is back-propagated to c̃ in chunks of samples, each chunk's
-    ///    UNet graph freed before the next; the chain rule then carries ∂L/∂c̃ back through
-    ///    μ, σ to ∂L/∂c (a surrogate ⟨c̃, ∂L/∂c̃⟩ + λ·L_ortho);
-    /// 4. ∂L/∂c goes through the text encoder to ∂L/∂V, re-encoding chunks of prompts when
-    ///    they did not fit in one (a surrogate ⟨E(Pₖ), ∂L/∂cₖ⟩).
-    pub async fn step(&mut self, sd: &StableDiffusion) -> Result<StepStats> {
-        let device = self.v.device();
-        let hidden = sd.spec.clip.hidden_size;
-        let (k, s) = (self.cfg.k, self.cfg.samples);
-        // Random draws, all on the host in a fixed order (reproducible on every backend).
-        let img = self.rng.below(self.latents.len() as u64) as usize;
-        let t = self.rng.below(self.schedule.len() as u64) as usize;
-        let lat = &self.latents[img];
-        let shape = lat.mean.dims();
-        let n_lat: usize = shape.iter().product();
-        let post_noise = tensor(self.rng.normal_vec(n_lat), shape, &device);
-        let eps = tensor(self.rng.normal_vec(n_lat), shape, &device);
-        let omega = tensor(self.rng.normal_vec(s * 77 * hidden), [s, 77, hidden], &device);
-        let x0 = (lat.mean.clone() + lat.std.clone() * post_noise) * sd.spec.vae.scaling_factor;
-
-        // 1. Encode the prompts.
-        let one_text_pass = self.chunking.text >= k;
-        let v = self.v.clone().require_grad();
-        let c_graph = one_text_pass.then(|| self.layout.encode(&sd.text, v.clone()));
-        let c_leaf = match &c_graph {
-            Some(c) => c.clone().detach().require_grad(),
-            None => self.layout.encode(&sd.text, self.v.clone()).detach().require_grad(),
-        };
-        // 2. Gaussian, samples, orthogonality.
-        let cond = match self.cfg.mode {
-            Mode::DreamDistribution => PromptGaussian::fit(c_leaf.clone()).sample(omega, 1.0),
-            Mode::TextualInversion => c_leaf.clone().expand([s, 77, hidden]),
-        };
-        let ortho = ortho_loss(c_leaf.clone(), self.layout.eos, self.cfg.ortho);
-        // 3. Denoising loss through the UNet, chunk by chunk of samples.
-        let mut denoise_parts = vec![];
-        let mut cond_grads = vec![];
-        let ub = self.chunking.unet.clamp(1, s);
-        for start in (0..s).step_by(ub) {
-            let len = ub.min(s - start);
-            let chunk = cond.clone().narrow(0, start, len).detach().require_grad();
-            let l =
-                denoise_loss(sd, &self.schedule, chunk.clone(), x0.clone(), eps.clone(), t) * (len as f32 / s as f32);
-            let grads = l.backward();
-            cond_grads
-                .push(chunk.grad(&grads).ok_or_else(|| Error::Device("no gradient reached the conditioning".into()))?);
-            denoise_parts.push(l.inner());
-        }
-        let g_cond = Tensor::from_inner(Tensor::cat(cond_grads, 0));
-        let surrogate = (cond * g_cond).sum() + ortho.clone() * self.cfg.lambda;
-        let grads = surrogate.backward();
-        let g_c = c_leaf.grad(&grads).ok_or_else(|| Error::Device("no gradient reached the encodings".into()))?;
-        // 4. Through the text encoder to V.
-        let g_v = match c_graph {
-            Some(c) => {
-                let grads = (c * Tensor::from_inner(g_c)).sum().backward();
-                v.grad(&grads).ok_or_else(|| Error::Device("no gradient reached the prompt embeddings".into()))?
-            }
-            None => {
-                let tb = self.chunking.text.max(1);
-                let mut parts = vec![];
-                for start in (0..k).step_by(tb) {
-                    let len = tb.min(k - start);
-                    let vc = self.v.clone().narrow(0, start, len).require_grad();
-                    let cc = self.layout.encode(&sd.text, vc.clone());
-                    let gc = Tensor::from_inner(g_c.clone().narrow(0, start, len));
-                    let grads = (cc * gc).sum().backward();
-                    parts.push(
-                        vc.grad(&grads)
-                            .ok_or_else(|| Error::Device("no gradient reached the prompt embeddings".into()))?,
-                    );
-                }
-                Tensor::cat(parts, 0)
-            }
-        };
-        let new_v = self.adam.step(self.v.clone().inner(), g_v);
-        self.v = Tensor::from_inner(new_v);
-        let denoise = denoise_parts.into_iter().reduce(|a, b| a + b).expect("at least one sample");
-        let ortho = ortho.inner();
-        let loss = denoise.clone() + ortho.clone() * self.cfg.lambda;
-        let values = read(Tensor::cat(vec![loss, denoise, ortho], 0)).await?;
-        if values.iter().any(|x| !x.is_finite()) {
-            return Err(Error::Device(format!("training diverged at step {}: losses {values:?}", self.step + 1)));
-        }
-        self.step += 1;
-        self.losses.push(values[0]);
-        Ok(StepStats { step: self.step, loss: values[0], denoise: values[1], ortho: values[2] })
+    /// The cached latent of reference image `i`.
+    pub fn latent(&self, i: usize) -> &CachedLatent {
+        &self.latents[i]
     }
 
-    /// Sets how the step is split to bound memory (the result is the same up to float rounding).
+    /// The noise schedule.
+    pub fn schedule(&self) -> &NoiseSchedule {
+        &self.schedule
+    }
+
+    /// Sets how the step's UNet work is split (the result is the same up to float rounding).
     pub fn set_chunking(&mut self, chunking: Chunking) {
         self.chunking = chunking;
     }
 
+    /// Draws the randomness of the next step (advances the generator).
+    pub fn next_draws(&mut self, hidden: usize) -> StepDraws {
+        let n = self.latents.len();
+        let mut images = vec![];
+        let mut noise = vec![];
+        for _ in 0..self.cfg.images_per_step {
+            let img = if self.cfg.images_per_step == 1 {
+                self.rng.below(n as u64) as usize
+            } else {
+                if self.order.is_empty() {
+                    let mut o: Vec<usize> = (0..n).collect();
+                    for i in (1..n).rev() {
+                        let j = self.rng.below(i as u64 + 1) as usize;
+                        o.swap(i, j);
+                    }
+                    self.order = o;
+                }
+                self.order.pop().expect("refilled")
+            };
+            let t = self.rng.below(self.schedule.len() as u64) as usize;
+            let [_, c, h, w] = self.latents[img].mean.dims();
+            let side = h.min(w);
+            let crop = match self.cfg.crop {
+                Crop::Center => ((h - side) / 2, (w - side) / 2),
+                Crop::Random => (self.rng.below((h - side + 1) as u64) as usize, self.rng.below((w - side + 1) as u64) as usize),
+            };
+            let nl = c * side * side;
+            noise.push((self.rng.normal_vec(nl), self.rng.normal_vec(nl)));
+            images.push((img, t, crop));
+        }
+        let omega = match self.cfg.mode {
+            Mode::DreamDistribution => self.rng.normal_vec(self.cfg.unet_items() * MAX_LEN * hidden),
+            Mode::TextualInversion => vec![],
+        };
+        StepDraws { images, noise, omega }
+    }
+
+    /// x₀ (scaled latents) of image `b` of a step's draws, `[1, 4, s, s]`.
+    pub fn x0(&self, sd: &StableDiffusion, draws: &StepDraws, b: usize) -> Tensor<4> {
+        let (img, _, (oy, ox)) = draws.images[b];
+        let lat = &self.latents[img];
+        let [_, c, h, w] = lat.mean.dims();
+        let s = h.min(w);
+        let crop = |t: &Tensor<4>| t.clone().narrow(2, oy, s).narrow(3, ox, s);
+        let device = lat.mean.device();
+        let post = tensor(draws.noise[b].0.clone(), [1, c, s, s], &device);
+        (crop(&lat.mean) + crop(&lat.std) * post) * sd.spec.vae.scaling_factor
+    }
+
+    /// The Min-SNR weight of timestep `t` (1 without Min-SNR).
+    pub fn loss_weight(&self, t: usize) -> f32 {
+        match self.cfg.min_snr_gamma {
+            None => 1.0,
+            Some(g) => {
+                let a = self.schedule.alphas_cumprod[t];
+                let snr = (a / (1.0 - a)) as f32;
+                snr.min(g) / snr
+            }
+        }
+    }
+
+    /// The exact gradient ∂L/∂V for `draws` at the current V, and the step's losses
+    /// (computed block-wise; see the module docs).
+    pub async fn gradient(
+        &self,
+        sd: &StableDiffusion,
+        draws: &StepDraws,
+        obs: &mut dyn Observer,
+    ) -> Result<(Tensor<3>, [f32; 3])> {
+        let device = self.v.device();
+        let hidden = sd.spec.clip.hidden_size;
+        let s_per = self.cfg.samples;
+        let items = self.cfg.unet_items();
+        // 1. The text encoder, keeping its layer boundaries.
+        let emb = self.layout.embed(&sd.text, self.v.clone())?;
+        let (text_tape, ts) = sd.text.tape(MAX_LEN);
+        let text_vals = text_tape.forward(vec![(ts.embeds, emb.into())], true, &[], obs);
+        let c = text_vals.get(ts.out).expect("kept").t3();
+        // 2. Gaussian, samples and the orthogonality loss, under autodiff from the encodings.
+        let c_leaf = c.autodiff().require_grad();
+        let cond = match self.cfg.mode {
+            Mode::DreamDistribution => {
+                let g = PromptGaussian::fit_with(c_leaf.clone(), self.cfg.sigma);
+                g.sample(tensor(draws.omega.clone(), [items, MAX_LEN, hidden], &device), 1.0)
+            }
+            Mode::TextualInversion => c_leaf.clone().expand([items, MAX_LEN, hidden]),
+        };
+        let ortho = ortho_loss_with(c_leaf.clone(), self.layout.eos, self.cfg.ortho, self.cfg.ortho_form);
+        // 3. The denoising loss through the UNet, in chunks of items, block-wise.
+        let cond_plain = cond.clone().without_autodiff();
+        let per_image = match self.cfg.mode {
+            Mode::DreamDistribution => s_per,
+            Mode::TextualInversion => 1,
+        };
+        let ub = self.chunking.unet.clamp(1, items);
+        let mut g_parts = vec![];
+        let mut denoise = 0f32;
+        let prediction = sd.spec.unet.prediction;
+        let mut start = 0;
+        while start < items {
+            let len = ub.min(items - start);
+            let item_imgs: Vec<usize> = (start..start + len).map(|i| i / per_image).collect();
+            let mut xts = vec![];
+            let mut targets = vec![];
+            let mut tsteps = vec![];
+            let mut weights = vec![];
+            for &b in &item_imgs {
+                let (_, t, _) = draws.images[b];
+                let x0 = self.x0(sd, draws, b);
+                let dims = x0.dims();
+                let eps = tensor(draws.noise[b].1.clone(), dims, &device);
+                xts.push(self.schedule.add_noise(x0.clone(), eps.clone(), &[t]));
+                targets.push(self.schedule.target(prediction, x0, eps, &[t]));
+                tsteps.push(t as f32);
+                weights.push(self.loss_weight(t));
+            }
+            let xt = Tensor::cat(xts, 0);
+            let target = Tensor::cat(targets, 0);
+            let [n, ch, h, w] = xt.dims();
+            let ctx = cond_plain.clone().narrow(0, start, len);
+            let (tape, us) = sd.unet.tape(n, h, w, &sd.plan);
+            let vals = tape.forward(
+                vec![
+                    (us.x, xt.into()),
+                    (us.t_proj, sd.unet.time_proj(&tsteps, &device).into()),
+                    (us.context, ctx.into()),
+                ],
+                true,
+                &[],
+                obs,
+            );
+            let out = vals.get(us.out).expect("kept").t4();
+            let per = (ch * h * w) as f32;
+            let wt = tensor(weights.clone(), [n, 1, 1, 1], &device);
+            let diff = out - target;
+            // L = Σᵢ wᵢ·mean(diffᵢ²) / items  ⇒  ∂L/∂out = 2·wᵢ·diffᵢ / (per·items).
+            let sq = (diff.clone().powi_scalar(2) * wt.clone()).sum();
+            denoise += read(sq).await?[0] / (per * items as f32);
+            let g_out = diff * wt * (2.0 / (per * items as f32));
+            let grads = tape.backward(vals, vec![(us.out, g_out.into())], &[us.context], obs)?;
+            let g = grads.into_iter().next().flatten().ok_or_else(|| bad_grad("the conditioning"))?;
+            g_parts.push(g.t3());
+            start += len;
+        }
+        let g_cond = Tensor::cat(g_parts, 0);
+        // 4. Back through μ, σ and the samples to the encodings (surrogate ⟨c̃, ∂L/∂c̃⟩ + λ·L_ortho).
+        let surrogate = (cond * g_cond).sum() + ortho.clone() * self.cfg.lambda;
+        let grads = surrogate.backward();
+        let g_c = c_leaf.grad(&grads).ok_or_else(|| bad_grad("the encodings"))?;
+        // 5. Back through the text encoder, layer by layer, to the token embeddings; V's rows.
+        let g = text_tape.backward(text_vals, vec![(ts.out, Val::T3(g_c))], &[ts.embeds], obs)?;
+        let g_emb = g.into_iter().next().flatten().ok_or_else(|| bad_grad("the prompt embeddings"))?.t3();
+        let g_v = g_emb.narrow(1, self.layout.slot_start, self.cfg.m);
+        let ortho = read(ortho.without_autodiff()).await?[0];
+        Ok((g_v, [denoise + self.cfg.lambda * ortho, denoise, ortho]))
+    }
+
+    /// One optimisation step (Algorithm 1); reads the losses back (async).
+    pub async fn step(&mut self, sd: &StableDiffusion) -> Result<StepStats> {
+        self.step_observed(sd, &mut ()).await
+    }
+
+    /// [`step`](Self::step) with an observer (memory sampling at piece boundaries).
+    pub async fn step_observed(&mut self, sd: &StableDiffusion, obs: &mut dyn Observer) -> Result<StepStats> {
+        let draws = self.next_draws(sd.spec.clip.hidden_size);
+        let (mut g_v, [loss, denoise, ortho]) = self.gradient(sd, &draws, obs).await?;
+        if !(loss.is_finite() && denoise.is_finite() && ortho.is_finite()) {
+            return Err(Error::Device(format!(
+                "training diverged at step {}: loss {loss}, denoise {denoise}, ortho {ortho}",
+                self.step + 1
+            )));
+        }
+        if let Some(max) = self.cfg.grad_clip {
+            let norm = read(g_v.clone().powi_scalar(2).sum()).await?[0].sqrt();
+            if norm > max {
+                g_v = g_v * (max / (norm + 1e-6));
+            }
+        }
+        self.v = self.adam.step(self.v.clone(), g_v);
+        self.step += 1;
+        self.losses.push(loss);
+        Ok(StepStats { step: self.step, loss, denoise, ortho })
+    }
+
     /// Fits the Gaussian of the current prompts under `template` (text-guided editing when it
-    /// differs from the training template).
+    /// differs from the training template), with the run's σ estimate.
     pub fn gaussian(
         &self,
         sd: &StableDiffusion,
         tokenizer: &ClipTokenizer,
         template: &Template,
     ) -> Result<PromptGaussian> {
-        fit_gaussian(sd, tokenizer, template, self.v.clone().detach())
+        fit_gaussian(sd, tokenizer, template, self.v.clone(), self.cfg.sigma)
     }
 
-    /// Host copies of V, the Adam moments and the generator state (for checkpoints).
+    /// Host copies of V, the optimizer moments and the generator state (for checkpoints).
     pub async fn state(&self) -> Result<TrainerState> {
         Ok(TrainerState {
             step: self.step,
@@ -369,6 +635,7 @@ impl Trainer {
             adam_v: read(self.adam.v.clone()).await?,
             adam_t: self.adam.t,
             rng: self.rng.clone(),
+            order: self.order.clone(),
             losses: self.losses.clone(),
         })
     }
@@ -383,12 +650,16 @@ impl Trainer {
                 dims[0], dims[1], dims[2]
             )));
         }
+        if st.order.iter().any(|&i| i >= self.latents.len()) {
+            return Err(Error::Invalid("checkpoint refers to more reference images than were given".into()));
+        }
         let device = self.v.device();
         self.v = tensor(st.prompts, dims, &device);
         self.adam.m = tensor(st.adam_m, dims, &device);
         self.adam.v = tensor(st.adam_v, dims, &device);
         self.adam.t = st.adam_t;
         self.rng = st.rng;
+        self.order = st.order;
         self.step = st.step;
         self.losses = st.losses;
         Ok(())
@@ -410,38 +681,24 @@ pub struct TrainerState {
     pub adam_t: u64,
     /// Generator state.
     pub rng: Rng,
+    /// Remaining image order of the current epoch (multi-image steps).
+    pub order: Vec<usize>,
     /// Loss curve.
     pub losses: Vec<f32>,
 }
 
-/// Encodes prompts `v` `[K, M, H]` under `template` and fits μ, σ.
-pub fn fit_gaussian(
-    sd: &StableDiffusion,
-    tokenizer: &ClipTokenizer,
-    template: &Template,
-    v: Tensor<3>,
-) -> Result<PromptGaussian> {
-    let layout = PromptLayout::new(tokenizer, template, v.dims()[1])?;
-    Ok(PromptGaussian::fit(layout.encode(&sd.text, v)))
-}
-
-/// The device the models live on (for callers that build tensors).
-pub fn model_device(sd: &StableDiffusion) -> Device {
-    use burn::module::Module;
-    sd.unet.devices().into_iter().next().unwrap_or_default()
-}
-
 /// The identity of the loaded model, as recorded in `.ddist` files.
-pub fn model_id(sd: &StableDiffusion) -> crate::dist::file::ModelId {
-    crate::dist::file::ModelId {
+pub fn model_id(sd: &StableDiffusion) -> crate::distribution::file::ModelId {
+    crate::distribution::file::ModelId {
         id: sd.spec.id.clone(),
         hidden_size: sd.spec.clip.hidden_size,
-        text_encoder_sha256: sd.text_encoder_sha256.clone(),
+        text_encoder_sha256: String::new(),
+        identity: Some(sd.identity.clone()),
     }
 }
 
-fn train_info(cfg: &TrainConfig, steps: u64) -> crate::dist::file::TrainInfo {
-    crate::dist::file::TrainInfo {
+fn train_info(cfg: &TrainConfig, steps: u64) -> crate::distribution::file::TrainInfo {
+    crate::distribution::file::TrainInfo {
         steps,
         lr: cfg.lr as f64,
         samples: cfg.samples,
@@ -457,6 +714,13 @@ fn train_info(cfg: &TrainConfig, steps: u64) -> crate::dist::file::TrainInfo {
             Mode::DreamDistribution => "dreamdistribution".into(),
             Mode::TextualInversion => "textual-inversion".into(),
         },
+        recipe: Some(
+            match cfg.recipe {
+                Recipe::Paper => "paper",
+                Recipe::Authors => "authors",
+            }
+            .into(),
+        ),
     }
 }
 
@@ -467,20 +731,20 @@ pub async fn dist_file(
     trainer: &Trainer,
     sd: &StableDiffusion,
     name: &str,
-    precision: crate::dist::file::Precision,
+    precision: crate::distribution::file::Precision,
     with_optimizer: bool,
-) -> Result<crate::dist::file::DistFile> {
+) -> Result<crate::distribution::file::DistFile> {
     let st = trainer.state().await?;
     let [k, m, hidden] = trainer.v.dims();
-    let optimizer = with_optimizer.then(|| crate::dist::file::OptimizerState {
+    let optimizer = with_optimizer.then(|| crate::distribution::file::OptimizerState {
         step: st.adam_t,
         m: st.adam_m.clone(),
         v: st.adam_v.clone(),
         rng: st.rng.to_words(),
-        extra: serde_json::json!({ "config": trainer.cfg, "trainer_step": st.step }),
+        extra: serde_json::json!({ "config": trainer.cfg, "trainer_step": st.step, "order": st.order }),
     });
-    Ok(crate::dist::file::DistFile {
-        name: name.chars().filter(|c| !c.is_control()).take(crate::dist::file::MAX_NAME_CHARS).collect(),
+    Ok(crate::distribution::file::DistFile {
+        name: name.chars().filter(|c| !c.is_control()).take(crate::distribution::file::MAX_NAME_CHARS).collect(),
         k,
         m,
         hidden,
@@ -497,7 +761,7 @@ pub async fn dist_file(
 
 /// Restores a checkpoint written by [`dist_file`] with the optimizer state; the checkpoint must
 /// come from the same configuration.
-pub fn restore_from_file(trainer: &mut Trainer, file: &crate::dist::file::DistFile) -> Result<()> {
+pub fn restore_from_file(trainer: &mut Trainer, file: &crate::distribution::file::DistFile) -> Result<()> {
     let opt = file
         .optimizer
         .as_ref()
@@ -513,6 +777,8 @@ pub fn restore_from_file(trainer: &mut Trainer, file: &crate::dist::file::DistFi
     let rng =
         Rng::from_words(&opt.rng).ok_or_else(|| Error::Invalid("checkpoint generator state is malformed".into()))?;
     let step = opt.extra["trainer_step"].as_u64().ok_or_else(|| Error::Invalid("checkpoint has no step".into()))?;
+    let order: Vec<usize> = serde_json::from_value(opt.extra.get("order").cloned().unwrap_or(serde_json::json!([])))
+        .map_err(|e| Error::Invalid(format!("checkpoint image order unreadable: {e}")))?;
     trainer.restore(TrainerState {
         step,
         prompts: file.prompts.clone(),
@@ -520,6 +786,15 @@ pub fn restore_from_file(trainer: &mut Trainer, file: &crate::dist::file::DistFi
         adam_v: opt.v.clone(),
         adam_t: opt.step,
         rng,
+        order,
         losses: file.loss_curve.clone(),
     })
+}
+
+/// The sigma estimate a distribution file was trained with (its recipe).
+pub fn sigma_of(file: &crate::distribution::file::DistFile) -> SigmaEstimate {
+    match file.train.recipe.as_deref() {
+        Some("authors") => SigmaEstimate::Unbiased,
+        _ => SigmaEstimate::Population,
+    }
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use dreamdist::dist::file::DistFile;
+use dreamdist::distribution::file::DistFile;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_dreamdist"))

@@ -15,7 +15,7 @@ fn fixtures() -> &'static Path {
 }
 
 fn tiny() -> (StableDiffusion, Io) {
-    let device = cpu_device().autodiff();
+    let device = cpu_device();
     let sd = StableDiffusion::from_dir(ModelSpec::tiny(), fixtures(), &device).expect("tiny fixtures load");
     let io = Io::from_bytes(&std::fs::read(fixtures().join("io.safetensors")).unwrap()).unwrap();
     (sd, io)
@@ -37,7 +37,15 @@ fn assert_all(checks: &[Check], expected: &[&str]) {
 fn text_encoder_matches_transformers() {
     let (sd, io) = tiny();
     let checks = block_on(parity::text_encoder(&sd, &io)).unwrap();
-    assert_all(&checks, &["text.token_embeds", "text.last_hidden_state", "text.grad_token_embeds"]);
+    assert_all(
+        &checks,
+        &[
+            "text.token_embeds",
+            "text.last_hidden_state",
+            "text.grad_token_embeds",
+            "text.grad_token_embeds (block-wise)",
+        ],
+    );
 }
 
 #[test]
@@ -55,6 +63,7 @@ fn unet_matches_diffusers() {
             "unet.mid_block",
             "unet.out",
             "unet.grad_encoder_hidden_states",
+            "unet.grad_encoder_hidden_states (block-wise)",
         ],
     );
 }
@@ -146,21 +155,7 @@ fn tiny_configs_match_the_reference_configs() {
 }
 
 fn count<M>(build: impl FnOnce(&Vb) -> M) -> usize {
-    let src = std::rc::Rc::new(std::cell::RefCell::new(0usize));
-    struct Counting(std::rc::Rc<std::cell::RefCell<usize>>);
-    impl dreamdist::weights::ParamSource for Counting {
-        fn take(&mut self, _: &str, shape: &[usize], _: dreamdist::weights::Init) -> Vec<f32> {
-            let n = shape.iter().product();
-            *self.0.borrow_mut() += n;
-            vec![0.0; n]
-        }
-        fn finish(&mut self) -> dreamdist::Result<()> {
-            Ok(())
-        }
-    }
-    let vb = Vb::new(Counting(src.clone()), &cpu_device());
-    drop(build(&vb));
-    *src.borrow()
+    dreamdist::weights::inventory(build).iter().map(|(_, shape, _, _)| shape.iter().product::<usize>()).sum()
 }
 
 /// Parameter counts of the full-size architectures, as diffusers / transformers count them

@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../src/dist/file.rs"]
+#[path = "../../src/distribution/file.rs"]
 #[allow(dead_code)]
 mod file;
 

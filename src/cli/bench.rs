@@ -1,28 +1,30 @@
-//! `dreamdist bench`: timings and peak memory of the full-size architecture (random weights).
+//! `dreamdist bench`: timings and peak memory of the full-size architecture (random weights, or
+//! any model given with --manifest / --weights): UNet forward and block-wise backward, a
+//! training step with its time split by part, sampling steps, and the memory resident per
+//! component. Peak GPU memory comes from burn's memory pool (`memory_pool_usage`), sampled at
+//! every piece boundary of the tapes; peak RSS from the kernel (VmHWM).
 use std::io::Write;
 
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor};
 use clap::Args;
 use dreamdist::backend::{block_on, now_ms, read, tensor};
+use dreamdist::model::tape::Observer;
 use dreamdist::model::{ModelSpec, StableDiffusion};
 use dreamdist::rng::Rng;
-use dreamdist::tokenizer::ClipTokenizer;
-use dreamdist::train::{TrainConfig, Trainer};
+use dreamdist::tokenizer::{ClipTokenizer, MAX_LEN};
+use dreamdist::train::{Chunking, TrainConfig, Trainer};
 
-use super::common::{peak_rss, reset_peak_rss};
+use super::common::{ModelArgs, peak_rss, reset_peak_rss};
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Model architecture (random weights): sd21, sd21-base or tiny.
-    #[arg(long, default_value = "sd21")]
-    model: String,
-    /// Backend: cpu or wgpu.
-    #[arg(long, default_value = "cpu")]
-    backend: dreamdist::backend::BackendKind,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Image sides in pixels.
     #[arg(long, value_delimiter = ',', default_values_t = [256usize, 512])]
     sizes: Vec<usize>,
-    /// What to time: unet (forward + backward w.r.t. encoder_hidden_states), train (one step).
+    /// What to time: unet (forward, and forward + block-wise backward w.r.t. the conditioning),
+    /// train (one step, split by part), sample (guided denoising steps).
     #[arg(long, value_delimiter = ',', default_values_t = ["unet".to_string(), "train".to_string()])]
     what: Vec<String>,
     /// Timed repetitions after one warm-up.
@@ -37,27 +39,19 @@ pub struct BenchArgs {
     /// Samples S.
     #[arg(long, default_value_t = 4)]
     samples: usize,
-    /// Training step: UNet samples per pass (default 1; S = no chunking).
+    /// Recipe of the training step (paper or authors).
+    #[arg(long, default_value = "paper")]
+    recipe: dreamdist::train::Recipe,
+    /// Training step: UNet items per pass.
     #[arg(long, default_value_t = 1)]
     unet_batch: usize,
-    /// Training step: prompts per text-encoder backward chunk (default 8; K = no re-encoding).
-    #[arg(long, default_value_t = 8)]
-    text_batch: usize,
+    /// Synchronise the device after every piece, so the split by part is exact on a GPU (adds
+    /// a little time).
+    #[arg(long)]
+    sync_parts: bool,
     /// Also write the table (markdown) to this file.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
-}
-
-/// Prints a row to stderr as soon as it is measured (a later out-of-memory abort keeps it).
-fn report(r: &Row) {
-    let peak = r.peak.map_or("n/a".to_string(), |p| format!("{:.2} GiB", p as f64 / (1u64 << 30) as f64));
-    eprintln!(
-        "bench: {} @ {}²: first {:.2} s, best {:.2} s, peak RSS {peak}",
-        r.what,
-        r.size,
-        r.first_ms / 1000.0,
-        r.best_ms / 1000.0
-    );
 }
 
 struct Row {
@@ -65,136 +59,210 @@ struct Row {
     size: usize,
     first_ms: f64,
     best_ms: f64,
-    peak: Option<u64>,
+    peak_rss: Option<u64>,
+    peak_gpu: Option<u64>,
+    note: String,
 }
 
-/// Runs `f` once plus `iters` more times and records (and prints) a row with the first and the
-/// best time and the peak RSS over all runs.
+/// Samples the device's memory pool and times parts at piece boundaries.
+struct Meter {
+    device: Device,
+    peak: u64,
+    sync: bool,
+    last: f64,
+    parts: std::collections::BTreeMap<String, f64>,
+}
+
+impl Meter {
+    fn new(device: &Device, sync: bool) -> Self {
+        Self { device: device.clone(), peak: 0, sync, last: now_ms(), parts: Default::default() }
+    }
+    fn sample(&mut self) {
+        if let Some(u) = self.device.memory_pool_usage() {
+            self.peak = self.peak.max(u.bytes_in_use);
+        }
+    }
+    fn reset(&mut self) {
+        self.peak = 0;
+        self.parts.clear();
+        self.last = now_ms();
+        self.sample();
+    }
+}
+
+impl Observer for Meter {
+    fn after_piece(&mut self, name: &str, backward: bool) {
+        self.sample();
+        if self.sync {
+            let _ = self.device.sync();
+        }
+        let now = now_ms();
+        let net = name.split('.').next().unwrap_or("");
+        let key = format!("{net} {}", if backward { "backward" } else { "forward" });
+        *self.parts.entry(key).or_default() += now - self.last;
+        self.last = now;
+    }
+}
+
+fn gib(b: u64) -> String {
+    format!("{:.2}", b as f64 / (1u64 << 30) as f64)
+}
+
+fn report(r: &Row) {
+    eprintln!(
+        "bench: {} @ {}²: first {:.2} s, best {:.2} s, peak RSS {}, peak GPU {} {}",
+        r.what,
+        r.size,
+        r.first_ms / 1000.0,
+        r.best_ms / 1000.0,
+        r.peak_rss.map_or("n/a".into(), gib),
+        r.peak_gpu.map_or("n/a".into(), gib),
+        r.note
+    );
+}
+
+/// Runs `f` once plus `iters` more times; records first/best time, peak RSS and peak GPU.
 fn measure(
     rows: &mut Vec<Row>,
+    meter: &mut Meter,
     what: String,
     size: usize,
     iters: usize,
-    mut f: impl FnMut() -> anyhow::Result<()>,
+    mut f: impl FnMut(&mut Meter) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let can_reset = reset_peak_rss();
+    meter.reset();
     let t0 = now_ms();
-    f()?;
+    f(meter)?;
     let first_ms = now_ms() - t0;
     let mut best_ms = first_ms;
+    let mut parts = meter.parts.clone();
     for _ in 0..iters {
+        meter.parts.clear();
+        meter.last = now_ms();
         let t = now_ms();
-        f()?;
-        best_ms = best_ms.min(now_ms() - t);
+        f(meter)?;
+        let ms = now_ms() - t;
+        if ms < best_ms {
+            best_ms = ms;
+            parts = meter.parts.clone();
+        }
     }
-    let row = Row { what, size, first_ms, best_ms, peak: if can_reset { peak_rss() } else { None } };
+    let note = if parts.is_empty() {
+        String::new()
+    } else {
+        parts.iter().map(|(k, v)| format!("{k} {:.2} s", v / 1000.0)).collect::<Vec<_>>().join(", ")
+    };
+    let gpu = meter.device.memory_pool_usage().map(|_| meter.peak);
+    let row = Row { what, size, first_ms, best_ms, peak_rss: if can_reset { peak_rss() } else { None }, peak_gpu: gpu, note };
     report(&row);
     rows.push(row);
     Ok(())
 }
 
-pub fn run(a: BenchArgs) -> anyhow::Result<()> {
-    let spec = ModelSpec::from_id(&a.model)?;
-    let (device, info) = dreamdist::backend::device(a.backend)?;
-    let device = device.autodiff();
-    eprintln!("bench: building {} with random weights on {} ...", spec.id, info.name);
+/// Bytes in use on the device's pool.
+fn in_use(device: &Device) -> Option<u64> {
+    device.memory_pool_usage().map(|u| u.bytes_in_use)
+}
+
+pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
+    if a.model.weights.is_none() && a.model.manifest.is_none() && a.model.random_weights.is_none() {
+        a.model.random_weights = Some(0);
+    }
+    let spec = ModelSpec::from_id(&a.model.model)?;
     let t0 = now_ms();
-    let sd = StableDiffusion::random(spec.clone(), &device, 0);
+    let (sd, info): (StableDiffusion, _) = a.model.load_with_info()?;
+    let device = sd.device();
+    let resident = in_use(&device);
     eprintln!(
-        "bench: built in {:.1} s, peak RSS {:.2} GiB",
+        "bench: built {} in {:.1} s, peak RSS {} GiB, resident on the device {} GiB",
+        spec.id,
         (now_ms() - t0) / 1000.0,
-        peak_rss().unwrap_or(0) as f64 / (1u64 << 30) as f64
+        gib(peak_rss().unwrap_or(0)),
+        resident.map_or("n/a".into(), gib)
     );
     let tokenizer = ClipTokenizer::sd2()?;
     let hidden = spec.clip.hidden_size;
     let mut rows = vec![];
+    let mut meter = Meter::new(&device, a.sync_parts);
     let mut rng = Rng::new(1);
     for &size in &a.sizes {
+        sd.spec.check_size(size)?;
         let lat = size / spec.vae.downscale();
         if a.what.iter().any(|w| w == "unet") {
             let x = tensor(rng.normal_vec(4 * lat * lat), [1, 4, lat, lat], &device);
-            let ctx = tensor(rng.normal_vec(77 * hidden), [1, 77, hidden], &device);
-            measure(&mut rows, "UNet forward (batch 1)".to_string(), size, a.iters, || {
-                let out = sd.unet.forward(x.clone(), &[500.0], &ctx);
+            let ctx = tensor(rng.normal_vec(MAX_LEN * hidden), [1, MAX_LEN, hidden], &device);
+            measure(&mut rows, &mut meter, "UNet forward (batch 1)".into(), size, a.iters, |m| {
+                let out = sd.unet.forward_planned(x.clone(), &[500.0], &ctx, &sd.plan, m);
                 block_on(read(out.sum()))?;
                 Ok(())
             })?;
-            measure(&mut rows, "UNet fwd+bwd w.r.t. encoder_hidden_states".to_string(), size, a.iters, || {
-                let c = ctx.clone().require_grad();
-                let out = sd.unet.forward(x.clone(), &[500.0], &c);
-                let grads = out.powi_scalar(2).mean().backward();
-                let g = c.grad(&grads).ok_or_else(|| anyhow::anyhow!("no gradient"))?;
+            measure(&mut rows, &mut meter, "UNet fwd + block-wise bwd w.r.t. the conditioning".into(), size, a.iters, |m| {
+                let (_, g) = sd.unet.context_vjp(x.clone(), &[500.0], ctx.clone(), |o| o.clone() * (2.0 / o.shape().num_elements() as f32), &sd.plan, m)?;
                 block_on(read(g.sum()))?;
                 Ok(())
             })?;
         }
         if a.what.iter().any(|w| w == "train") {
             let img: Tensor<4> = tensor(rng.uniform_vec(3 * size * size, -1.0, 1.0), [1, 3, size, size], &device);
-            let cfg = TrainConfig { k: a.k, m: a.m, samples: a.samples, resolution: size, ..TrainConfig::default() };
-            let mut trainer = block_on(Trainer::new(cfg, &sd, &tokenizer, &[img]))?;
-            trainer.set_chunking(dreamdist::train::Chunking { unet: a.unet_batch, text: a.text_batch });
+            let mut cfg = TrainConfig::for_recipe(a.recipe);
+            cfg.k = a.k;
+            cfg.m = a.m;
+            cfg.samples = a.samples;
+            cfg.resolution = size;
+            let images: Vec<Tensor<4>> = vec![img; cfg.images_per_step.max(1)];
+            let mut trainer = block_on(Trainer::new(cfg, &sd, &tokenizer, &images))?;
+            trainer.set_chunking(Chunking { unet: a.unet_batch });
             let what = format!(
-                "train step K={} M={} S={} (UNet batch {}, text chunk {})",
-                a.k, a.m, a.samples, a.unet_batch, a.text_batch
+                "train step K={} M={} S={} {:?} recipe (UNet items per pass {})",
+                a.k, a.m, a.samples, a.recipe, a.unet_batch
             );
-            measure(&mut rows, what, size, a.iters, || {
-                block_on(trainer.step(&sd))?;
+            measure(&mut rows, &mut meter, what, size, a.iters, |m| {
+                block_on(trainer.step_observed(&sd, m))?;
                 Ok(())
             })?;
-            // Parts, as the step runs them: one text-encoder forward + backward for a chunk of
-            // prompts (the step does ⌈K/chunk⌉ of them plus one forward of all K when chunked),
-            // and one UNet forward + backward for a chunk of samples (⌈S/chunk⌉ per step).
-            let tb = a.text_batch.clamp(1, a.k);
-            let ub = a.unet_batch.clamp(1, a.samples);
-            measure(
-                &mut rows,
-                format!("  part: text encoder fwd+bwd, {tb} prompts (×{} per step)", a.k.div_ceil(tb)),
-                size,
-                a.iters,
-                || {
-                    let v = trainer.prompts().narrow(0, 0, tb).require_grad();
-                    let c = trainer.layout().encode(&sd.text, v.clone());
-                    let grads = c.powi_scalar(2).mean().backward();
-                    let g = v.grad(&grads).ok_or_else(|| anyhow::anyhow!("no gradient"))?;
-                    block_on(read(g.sum()))?;
-                    Ok(())
-                },
-            )?;
-            let xs = tensor(rng.normal_vec(ub * 4 * lat * lat), [ub, 4, lat, lat], &device);
-            let ctx = tensor(rng.normal_vec(ub * 77 * hidden), [ub, 77, hidden], &device);
-            measure(
-                &mut rows,
-                format!("  part: UNet fwd+bwd, batch {ub} (×{} per step)", a.samples.div_ceil(ub)),
-                size,
-                a.iters,
-                || {
-                    let c = ctx.clone().require_grad();
-                    let out = sd.unet.forward(xs.clone(), &vec![500.0; ub], &c);
-                    let grads = out.powi_scalar(2).mean().backward();
-                    let g = c.grad(&grads).ok_or_else(|| anyhow::anyhow!("no gradient"))?;
-                    block_on(read(g.sum()))?;
-                    Ok(())
-                },
-            )?;
+        }
+        if a.what.iter().any(|w| w == "sample") {
+            let ctx = tensor(rng.normal_vec(2 * MAX_LEN * hidden), [2, MAX_LEN, hidden], &device);
+            let x = tensor(rng.normal_vec(2 * 4 * lat * lat), [2, 4, lat, lat], &device);
+            measure(&mut rows, &mut meter, "guided denoising step (UNet batch 2)".into(), size, a.iters.max(2), |m| {
+                let out = sd.unet.forward_planned(x.clone(), &[500.0, 500.0], &ctx, &sd.plan, m);
+                block_on(read(out.sum()))?;
+                Ok(())
+            })?;
+            let z = tensor(rng.normal_vec(4 * lat * lat), [1, 4, lat, lat], &device);
+            measure(&mut rows, &mut meter, "VAE decode".into(), size, a.iters, |_| {
+                let img = sd.vae.decode_planned(z.clone(), &sd.plan);
+                block_on(read(img.sum()))?;
+                Ok(())
+            })?;
         }
     }
     let mut table = format!(
-        "dreamdist bench: model {} (random weights), backend {} ({}), {} CPU threads\n\n| what | image | first (s) | best of {} (s) | peak RSS (GiB) |\n|---|---|---|---|---|\n",
+        "dreamdist bench: model {} ({}), backend {} ({}), {} CPU threads, plan: blocks ≤ {} MiB; resident after load {} GiB\n\n\
+         | what | image | first (s) | best of {} (s) | peak RSS (GiB) | peak GPU in use (GiB) | time by part (best run) |\n|---|---|---|---|---|---|---|\n",
         spec.id,
-        a.backend_name(),
+        if a.model.random_weights.is_some() { "random weights".to_string() } else { "loaded weights".to_string() },
+        match a.model.backend {
+            dreamdist::backend::BackendKind::Cpu => "cpu",
+            dreamdist::backend::BackendKind::Wgpu => "wgpu",
+        },
         info.name,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        sd.plan.max_block_bytes >> 20,
+        resident.map_or("n/a".into(), gib),
         a.iters
     );
     for r in &rows {
-        let peak = r.peak.map_or("n/a".to_string(), |p| format!("{:.2}", p as f64 / (1u64 << 30) as f64));
         table += &format!(
-            "| {} | {}² | {:.2} | {:.2} | {} |\n",
+            "| {} | {}² | {:.2} | {:.2} | {} | {} | {} |\n",
             r.what,
             r.size,
             r.first_ms / 1000.0,
             r.best_ms / 1000.0,
-            peak
+            r.peak_rss.map_or("n/a".into(), gib),
+            r.peak_gpu.map_or("n/a".into(), gib),
+            r.note
         );
     }
     print!("{table}");
@@ -202,13 +270,4 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         std::fs::File::create(p)?.write_all(table.as_bytes())?;
     }
     Ok(())
-}
-
-impl BenchArgs {
-    fn backend_name(&self) -> &'static str {
-        match self.backend {
-            dreamdist::backend::BackendKind::Cpu => "cpu",
-            dreamdist::backend::BackendKind::Wgpu => "wgpu",
-        }
-    }
 }

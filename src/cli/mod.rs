@@ -1,6 +1,8 @@
 //! Subcommands of the native CLI.
 mod bench;
 mod common;
+mod convert;
+mod demo;
 mod parity;
 mod sample;
 mod train;
@@ -41,6 +43,12 @@ enum Command {
     Sample(sample::SampleArgs),
     /// Time UNet forward/backward and training steps of the full-size architecture.
     Bench(bench::BenchArgs),
+    /// Convert a model to dreamdist's manifest + shards (quantized, for streaming and the browser).
+    Convert(convert::ConvertArgs),
+    /// Write samples of the demo data set (images, tokenized captions, attributes) to a file.
+    DemoData(demo::DataArgs),
+    /// Read the attributes of demo images in a file (JSON to stdout).
+    DemoRead(demo::ReadArgs),
     /// Run components on saved inputs and report the error against saved outputs
     /// (used by scripts/fixtures/full_size_parity.py).
     Parity(parity::ParityArgs),
@@ -81,5 +89,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sample(a) => sample::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Parity(a) => parity::run(a),
+        Command::Convert(a) => convert::run(a),
+        Command::DemoData(a) => demo::data(a),
+        Command::DemoRead(a) => demo::read(a),
     }
 }

@@ -4,14 +4,14 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use dreamdist::backend::{block_on, tensor};
-use dreamdist::dist::{MixRule, PromptGaussian, Template};
+use dreamdist::distribution::{MixRule, PromptGaussian, Template, fit_gaussian};
 use dreamdist::pipeline::{RgbImage, SampleConfig, encode_text, generate, sample_condition};
 use dreamdist::rng::Rng;
 use dreamdist::schedule::SamplerKind;
 use dreamdist::tokenizer::ClipTokenizer;
-use dreamdist::train::{fit_gaussian, model_device};
+use dreamdist::train::sigma_of;
 
-use super::common::ModelArgs;
+use super::common::{ModelArgs, read_dist};
 
 #[derive(Args)]
 pub struct SampleArgs {
@@ -73,12 +73,12 @@ pub fn run(a: SampleArgs) -> anyhow::Result<()> {
     };
     let sd = a.model.load()?;
     let tokenizer = ClipTokenizer::sd2()?;
-    let device = model_device(&sd);
+    let device = sd.device();
     let mut parts = vec![];
     let mut first_template = None;
     for d in &a.dists {
         let (path, alpha) = parse_dist(d)?;
-        let file = super::train::read_dist(&path, &sd)?;
+        let file = read_dist(&path, &sd)?;
         first_template.get_or_insert(file.train.template.clone());
         parts.push((path, alpha, file));
     }
@@ -86,7 +86,9 @@ pub fn run(a: SampleArgs) -> anyhow::Result<()> {
     let mut gaussians = vec![];
     for (path, _, f) in &parts {
         let v = tensor(f.prompts.clone(), [f.k, f.m, f.hidden], &device);
-        gaussians.push(fit_gaussian(&sd, &tokenizer, &template, v).with_context(|| format!("{}", path.display()))?);
+        gaussians.push(
+            fit_gaussian(&sd, &tokenizer, &template, v, sigma_of(f)).with_context(|| format!("{}", path.display()))?,
+        );
     }
     let weights: Vec<(&PromptGaussian, f32)> = gaussians.iter().zip(&parts).map(|(g, p)| (g, p.1)).collect();
     let mixed = PromptGaussian::mix(&weights, rule)?;
@@ -94,6 +96,7 @@ pub fn run(a: SampleArgs) -> anyhow::Result<()> {
     let size = a.size.unwrap_or(sd.spec.native_resolution());
     let cfg =
         SampleConfig { steps: a.steps, guidance: a.guidance, sampler: a.scheduler, gamma: a.gamma, size, seed: a.seed };
+    cfg.check(&sd)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let describe = |gamma: f32, seed: u64, mix: &str| -> Vec<(String, String)> {
         let params = serde_json::json!({

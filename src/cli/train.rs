@@ -5,14 +5,13 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use dreamdist::backend::block_on;
-use dreamdist::dist::OrthoFeatures;
-use dreamdist::dist::file::{DistFile, Precision};
-use dreamdist::model::StableDiffusion;
+use dreamdist::distribution::file::Precision;
+use dreamdist::distribution::{OrthoFeatures, OrthoForm, SigmaEstimate};
 use dreamdist::tokenizer::ClipTokenizer;
-use dreamdist::train::{Chunking, Mode, TrainConfig, Trainer, dist_file, restore_from_file};
+use dreamdist::train::{Chunking, Crop, Mode, Optimizer, Recipe, TrainConfig, Trainer, dist_file, restore_from_file};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::common::ModelArgs;
+use super::common::{ModelArgs, read_dist};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -24,27 +23,52 @@ pub struct TrainArgs {
     /// Output file (NAME.ddist). A checkpoint NAME.ddist.ckpt is kept while training.
     #[arg(long)]
     out: PathBuf,
+    /// Settings to start from: paper (Algorithm 1, default) or authors (their released script);
+    /// the options below override single settings. See docs/METHOD.md.
+    #[arg(long, default_value = "paper")]
+    recipe: Recipe,
     /// Number of prompts K.
     #[arg(long, default_value_t = 32)]
     k: usize,
     /// Learned tokens per prompt M.
     #[arg(long, default_value_t = 4)]
     m: usize,
-    /// Optimisation steps.
-    #[arg(long, default_value_t = 1500)]
-    steps: u64,
-    /// Adam learning rate.
+    /// Optimisation steps (paper 1500, authors 2000).
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Learning rate.
     #[arg(long, default_value_t = 1e-3)]
     lr: f32,
-    /// Reparameterised samples per step S.
+    /// Reparameterised samples per image per step S.
     #[arg(long, default_value_t = 4)]
     samples: usize,
-    /// Weight λ of the orthogonality loss.
-    #[arg(long, default_value_t = 5e-3)]
-    lambda: f32,
+    /// Weight λ of the orthogonality loss (paper 5e-3, authors 1e-3).
+    #[arg(long)]
+    lambda: Option<f32>,
     /// Features of the orthogonality loss: eos (authors' code) or flat.
     #[arg(long, default_value = "eos")]
     ortho: String,
+    /// Form of the orthogonality loss: abs-pairs (paper) or squared-ordered (authors).
+    #[arg(long)]
+    ortho_form: Option<String>,
+    /// Reference images per step (paper 1, authors 4).
+    #[arg(long)]
+    images_per_step: Option<usize>,
+    /// AdamW weight decay (0 = Adam; paper 0, authors 1e-2).
+    #[arg(long)]
+    weight_decay: Option<f32>,
+    /// Min-SNR loss weighting γ (0 = off; paper off, authors 5).
+    #[arg(long)]
+    min_snr_gamma: Option<f32>,
+    /// Crop: center (paper) or random (authors).
+    #[arg(long)]
+    crop: Option<String>,
+    /// σ estimate: population (paper) or unbiased (authors).
+    #[arg(long)]
+    sigma: Option<String>,
+    /// Clip the gradient norm (0 = off; paper off, authors 1.0).
+    #[arg(long)]
+    grad_clip: Option<f32>,
     /// Training resolution in pixels (default: the model's native one).
     #[arg(long)]
     resolution: Option<usize>,
@@ -66,33 +90,70 @@ pub struct TrainArgs {
     /// Write the checkpoint every N steps.
     #[arg(long, default_value_t = 50)]
     checkpoint_every: u64,
-    /// UNet samples per forward/backward (memory vs speed; the result is the same).
+    /// UNet items (image × sample pairs) per forward/backward (memory vs speed; the result is
+    /// the same).
     #[arg(long, default_value_t = 1)]
     unet_batch: usize,
-    /// Prompts per text-encoder backward chunk (≥ K: no re-encoding; more memory).
-    #[arg(long, default_value_t = 8)]
-    text_batch: usize,
     /// Stop after this many steps in this run, keeping the checkpoint (continue with --resume).
     #[arg(long)]
     max_steps_this_run: Option<u64>,
 }
 
-/// Reads and validates a `.ddist` file for the loaded model.
-pub fn read_dist(path: &Path, sd: &StableDiffusion) -> anyhow::Result<DistFile> {
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if meta.len() > dreamdist::dist::file::MAX_FILE_BYTES as u64 {
-        anyhow::bail!(
-            "{}: {} bytes is larger than any distribution file ({} MiB max)",
-            path.display(),
-            meta.len(),
-            dreamdist::dist::file::MAX_FILE_BYTES >> 20
-        );
+fn pick<T>(what: &str, v: &str, options: &[(&str, T)]) -> anyhow::Result<T>
+where
+    T: Copy,
+{
+    options.iter().find(|(n, _)| *n == v).map(|(_, t)| *t).ok_or_else(|| {
+        let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+        anyhow::anyhow!("unknown --{what} {v:?} (one of {})", names.join(", "))
+    })
+}
+
+impl TrainArgs {
+    /// The training configuration: the recipe's settings with the given overrides.
+    pub fn config(&self, resolution: usize) -> anyhow::Result<TrainConfig> {
+        let mut c = TrainConfig::for_recipe(self.recipe);
+        c.k = if self.textual_inversion { 1 } else { self.k };
+        c.m = self.m;
+        c.samples = self.samples;
+        c.lr = self.lr;
+        c.resolution = resolution;
+        c.seed = self.seed;
+        c.template = self.template.clone();
+        c.init_word = self.init_word.clone();
+        c.mode = if self.textual_inversion { Mode::TextualInversion } else { Mode::DreamDistribution };
+        c.ortho = pick("ortho", &self.ortho, &[("eos", OrthoFeatures::Eos), ("flat", OrthoFeatures::Flat)])?;
+        if let Some(v) = self.steps {
+            c.steps = v;
+        }
+        if let Some(v) = self.lambda {
+            c.lambda = v;
+        }
+        if let Some(v) = self.images_per_step {
+            c.images_per_step = v;
+        }
+        if let Some(v) = self.weight_decay {
+            c.optimizer = if v > 0.0 { Optimizer::AdamW { weight_decay: v } } else { Optimizer::Adam };
+        }
+        if let Some(v) = self.min_snr_gamma {
+            c.min_snr_gamma = (v > 0.0).then_some(v);
+        }
+        if let Some(v) = self.grad_clip {
+            c.grad_clip = (v > 0.0).then_some(v);
+        }
+        if let Some(v) = &self.crop {
+            c.crop = pick("crop", v, &[("center", Crop::Center), ("random", Crop::Random)])?;
+        }
+        if let Some(v) = &self.sigma {
+            c.sigma =
+                pick("sigma", v, &[("population", SigmaEstimate::Population), ("unbiased", SigmaEstimate::Unbiased)])?;
+        }
+        if let Some(v) = &self.ortho_form {
+            let forms = [("abs-pairs", OrthoForm::AbsPairs), ("squared-ordered", OrthoForm::SquaredOrdered)];
+            c.ortho_form = pick("ortho-form", v, &forms)?;
+        }
+        Ok(c)
     }
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let file =
-        DistFile::from_bytes(&bytes).with_context(|| format!("{} is not a valid distribution file", path.display()))?;
-    file.check_model(&dreamdist::train::model_id(sd)).with_context(|| format!("{}", path.display()))?;
-    Ok(file)
 }
 
 /// Writes `bytes` to `path` atomically (temporary file + rename): an interruption never leaves
@@ -121,14 +182,11 @@ fn list_images(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {
-    let ortho = match a.ortho.as_str() {
-        "eos" => OrthoFeatures::Eos,
-        "flat" => OrthoFeatures::Flat,
-        o => anyhow::bail!("unknown --ortho {o:?} (eos or flat)"),
-    };
     let sd = a.model.load()?;
     let resolution = a.resolution.unwrap_or(sd.spec.native_resolution());
-    let device = dreamdist::train::model_device(&sd);
+    sd.spec.check_size(resolution)?;
+    let cfg = a.config(resolution)?;
+    let device = sd.device();
     let files = list_images(&a.images)?;
     if !(4..=20).contains(&files.len()) {
         eprintln!("dreamdist: note: {} reference images; 4–20 sharing a look work best", files.len());
@@ -136,27 +194,12 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let mut images = vec![];
     for f in &files {
         let bytes = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
-        images.push(dreamdist::image::load(&bytes, resolution, &f.display().to_string(), &device)?);
+        let name = f.display().to_string();
+        images.push(dreamdist::image::load_for_training(&bytes, resolution, cfg.crop, &name, &device)?);
     }
-    let mode = if a.textual_inversion { Mode::TextualInversion } else { Mode::DreamDistribution };
-    let k = if a.textual_inversion { 1 } else { a.k };
-    let cfg = TrainConfig {
-        k,
-        m: a.m,
-        samples: a.samples,
-        lambda: a.lambda,
-        lr: a.lr,
-        steps: a.steps,
-        resolution,
-        seed: a.seed,
-        template: a.template.clone(),
-        ortho,
-        mode,
-        init_word: a.init_word.clone(),
-    };
     let tokenizer = ClipTokenizer::sd2()?;
     let mut trainer = block_on(Trainer::new(cfg, &sd, &tokenizer, &images))?;
-    trainer.set_chunking(Chunking { unet: a.unet_batch.max(1), text: a.text_batch.max(1) });
+    trainer.set_chunking(Chunking { unet: a.unet_batch.max(1) });
     let name = a.out.file_stem().and_then(|s| s.to_str()).unwrap_or("distribution").to_string();
     let ckpt = PathBuf::from(format!("{}.ckpt", a.out.display()));
     if a.resume {

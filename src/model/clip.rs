@@ -2,13 +2,20 @@
 //! `CLIPTextModel` layout (23 layers kept: SD 2 uses the penultimate layer, then
 //! `final_layer_norm`). Besides token ids it takes **token embeddings**, so learned soft prompts
 //! can be spliced between the embeddings of a text prefix and suffix.
+//!
+//! The token-embedding table (49408 × 1024, 202 MB in f32: more than WebGPU's default binding
+//! limit) stays on the host as a [`HostTable`]; the rows of a prompt are gathered there and only
+//! `[B, L, hidden]` goes to the device. The transformer is a [`Tape`] with one piece per layer,
+//! so training walks back layer by layer.
 use burn::module::{Module, Param};
 use burn::tensor::activation::sigmoid;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::nn::{LayerNorm, Linear, attention, gelu_exact};
-use crate::weights::{Init, KeyRewrite, Vb};
+use super::tape::{Observer, Slot, Tape};
+use crate::weights::{HostTable, Init, KeyRewrite, Vb};
+use crate::{Error, Result};
 
 /// Activation of the MLP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,10 +153,20 @@ impl ClipLayer {
     }
 }
 
+/// The slots of a text-encoder tape.
+#[derive(Clone, Copy, Debug)]
+pub struct ClipSlots {
+    /// Token embeddings `[B, L, hidden]` (input).
+    pub embeds: Slot,
+    /// The output `[B, L, hidden]`.
+    pub out: Slot,
+}
+
 /// The text encoder.
 #[derive(Module, Debug)]
 pub struct ClipTextEncoder {
-    token_embedding: Param<Tensor<2>>,
+    #[module(skip)]
+    token_embedding: HostTable,
     position_embedding: Param<Tensor<2>>,
     layers: Vec<ClipLayer>,
     final_layer_norm: LayerNorm,
@@ -160,39 +177,79 @@ impl ClipTextEncoder {
     pub fn new(vb: &Vb, c: &ClipConfig) -> Self {
         let e = vb.pp("embeddings");
         Self {
-            token_embedding: e.param("token_embedding.weight", [c.vocab_size, c.hidden_size], Init::Normal(0.02)),
-            position_embedding: e.param(
-                "position_embedding.weight",
-                [c.max_position, c.hidden_size],
-                Init::Normal(0.01),
-            ),
+            token_embedding: e.host_table("token_embedding.weight", [c.vocab_size, c.hidden_size], Init::Normal(0.02)),
+            position_embedding: e.matrix("position_embedding.weight", [c.max_position, c.hidden_size], Init::Normal(0.01)),
             layers: (0..c.num_layers).map(|i| ClipLayer::new(&vb.pp(format!("encoder.layers.{i}")), c)).collect(),
             final_layer_norm: LayerNorm::new(&vb.pp("final_layer_norm"), c.hidden_size, c.layer_norm_eps),
         }
     }
 
-    /// Token embeddings of `ids` `[B, L]` → `[B, L, hidden]` (no position embedding).
-    pub fn embed_tokens(&self, ids: Tensor<2, Int>) -> Tensor<3> {
-        let [b, l] = ids.dims();
-        let hidden = self.token_embedding.val().dims()[1];
-        self.token_embedding.val().select(0, ids.reshape([b * l])).reshape([b, l, hidden])
+    /// The host-side token-embedding table.
+    pub fn token_table(&self) -> &HostTable {
+        &self.token_embedding
+    }
+
+    /// Token embeddings of `ids` (B sequences of equal length L) → `[B, L, hidden]`, gathered on
+    /// the host and uploaded to `device`.
+    pub fn embed_tokens(&self, ids: &[Vec<u32>], device: &Device) -> Result<Tensor<3>> {
+        let l = ids.first().map_or(0, |s| s.len());
+        if ids.iter().any(|s| s.len() != l) {
+            return Err(Error::Invalid("token sequences of different lengths".into()));
+        }
+        let flat: Vec<usize> = ids.iter().flatten().map(|&i| i as usize).collect();
+        let hidden = self.token_embedding.shape[1];
+        let rows = self.token_embedding.rows(&flat)?;
+        Ok(crate::backend::tensor(rows, [ids.len(), l, hidden], device))
+    }
+
+    /// The transformer as a tape: position embeddings, one piece per layer, final layer norm.
+    pub fn tape(&self, len: usize) -> (Tape<'_>, ClipSlots) {
+        let mut tape = Tape::new("text");
+        let embeds = tape.input();
+        let mut x = tape.piece1("embeddings", &[embeds], move |v| {
+            let e = v[0].t3();
+            (e + self.position_embedding.val().narrow(0, 0, len).unsqueeze::<3>()).into()
+        });
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = tape.piece1(format!("layer{i}"), &[x], move |v| layer.forward(v[0].t3()).into());
+        }
+        let out = tape.piece1("final_layer_norm", &[x], move |v| self.final_layer_norm.forward(v[0].t3()).into());
+        (tape, ClipSlots { embeds, out })
     }
 
     /// Runs the transformer on token embeddings `[B, L, hidden]` (L ≤ 77): adds position
     /// embeddings, causal self-attention layers, final layer norm. Returns `[B, L, hidden]`
     /// (SD 2's conditioning, `last_hidden_state` of the 23-layer model).
     pub fn forward_embeds(&self, embeds: Tensor<3>) -> Tensor<3> {
-        let [_, l, _] = embeds.dims();
-        let pos = self.position_embedding.val().narrow(0, 0, l).unsqueeze::<3>();
-        let mut x = embeds + pos;
-        for layer in &self.layers {
-            x = layer.forward(x);
-        }
-        self.final_layer_norm.forward(x)
+        self.forward_observed(embeds, &mut ())
     }
 
-    /// Runs the encoder on token ids `[B, L]`.
-    pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
-        self.forward_embeds(self.embed_tokens(ids))
+    /// [`forward_embeds`](Self::forward_embeds) with an observer.
+    pub fn forward_observed(&self, embeds: Tensor<3>, obs: &mut dyn Observer) -> Tensor<3> {
+        let (tape, s) = self.tape(embeds.dims()[1]);
+        let mut vals = tape.forward(vec![(s.embeds, embeds.into())], false, &[s.out], obs);
+        vals.take(s.out).expect("output").t3()
+    }
+
+    /// Block-wise vector–Jacobian product: the output for `embeds` and
+    /// ∂⟨output, `g_out`⟩/∂embeds, walking back layer by layer.
+    pub fn embeds_vjp(
+        &self,
+        embeds: Tensor<3>,
+        g_out: impl FnOnce(&Tensor<3>) -> Tensor<3>,
+        obs: &mut dyn Observer,
+    ) -> Result<(Tensor<3>, Tensor<3>)> {
+        let (tape, s) = self.tape(embeds.dims()[1]);
+        let vals = tape.forward(vec![(s.embeds, embeds.into())], true, &[], obs);
+        let out = vals.get(s.out).expect("kept").t3();
+        let g = g_out(&out);
+        let grads = tape.backward(vals, vec![(s.out, g.into())], &[s.embeds], obs)?;
+        let g = grads.into_iter().next().flatten().ok_or_else(|| Error::Device("no gradient reached the embeddings".into()))?;
+        Ok((out, g.t3()))
+    }
+
+    /// Runs the encoder on token ids (B sequences of equal length).
+    pub fn forward(&self, ids: &[Vec<u32>], device: &Device) -> Result<Tensor<3>> {
+        Ok(self.forward_embeds(self.embed_tokens(ids, device)?))
     }
 }

@@ -1,7 +1,8 @@
 //! The frozen Stable Diffusion 2.1 networks as burn modules, in diffusers/transformers layout.
-//! Each has a config with `sd21()`, `sd21_base()` and `tiny()` constructors.
+//! Each has a config with `sd21()`, `sd21_base()`, `tiny()` and `demo()` constructors.
 pub mod clip;
 pub mod nn;
+pub mod tape;
 pub mod unet;
 pub mod vae;
 
@@ -12,13 +13,15 @@ pub use vae::{Vae, VaeConfig};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::Result;
+pub use nn::MemPlan;
+
 use crate::weights::{RandomSource, Vb};
+use crate::{Error, Result};
 
 /// Which Stable Diffusion model: its id (stored in `.ddist` files) and its component configs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelSpec {
-    /// Identifier: `sd21`, `sd21-base` or `tiny`.
+    /// Identifier: `sd21`, `sd21-base`, `tiny` or `demo`.
     pub id: String,
     /// Text encoder.
     pub clip: ClipConfig,
@@ -27,6 +30,10 @@ pub struct ModelSpec {
     /// VAE.
     pub vae: VaeConfig,
 }
+
+/// The demo model's latent scaling factor (1 / std of its training latents, measured by the
+/// training script and recorded in its VAE config).
+pub const DEMO_SCALING_FACTOR: f32 = 1.0;
 
 impl ModelSpec {
     /// SD 2.1 (768 px, v-prediction).
@@ -46,18 +53,78 @@ impl ModelSpec {
     pub fn tiny() -> Self {
         Self { id: "tiny".into(), clip: ClipConfig::tiny(), unet: UNetConfig::tiny(), vae: VaeConfig::tiny() }
     }
+    /// The demo model: the same architecture family, small, trained from scratch on the
+    /// procedural scenes of [`crate::demo`] (32×32 images, 16×16 latents) by
+    /// `scripts/demo/train_demo.py`. Ships with the page.
+    pub fn demo() -> Self {
+        Self {
+            id: "demo".into(),
+            clip: ClipConfig {
+                vocab_size: 49408,
+                hidden_size: 64,
+                intermediate_size: 256,
+                num_heads: 4,
+                num_layers: 3,
+                max_position: 77,
+                activation: clip::Activation::Gelu,
+                layer_norm_eps: 1e-5,
+            },
+            unet: UNetConfig {
+                in_channels: 4,
+                out_channels: 4,
+                block_out_channels: vec![32, 64, 128],
+                cross_attention: vec![false, true, true],
+                heads: vec![1, 2, 4],
+                layers_per_block: 1,
+                cross_attention_dim: 64,
+                norm_num_groups: 32,
+                norm_eps: 1e-5,
+                upcast_attention: false,
+                sample_size: 16,
+                prediction: Prediction::VPrediction,
+            },
+            vae: VaeConfig {
+                block_out_channels: vec![32, 64],
+                layers_per_block: 1,
+                latent_channels: 4,
+                norm_num_groups: 32,
+                scaling_factor: DEMO_SCALING_FACTOR,
+            },
+        }
+    }
     /// The spec for an id.
     pub fn from_id(id: &str) -> Result<Self> {
         match id {
             "sd21" => Ok(Self::sd21()),
             "sd21-base" => Ok(Self::sd21_base()),
             "tiny" => Ok(Self::tiny()),
-            _ => Err(crate::Error::Invalid(format!("unknown model {id:?} (expected sd21, sd21-base or tiny)"))),
+            "demo" => Ok(Self::demo()),
+            _ => Err(Error::Invalid(format!("unknown model {id:?} (expected sd21, sd21-base, tiny or demo)"))),
         }
     }
     /// Native image side (latent side × VAE downscale).
     pub fn native_resolution(&self) -> usize {
         self.unet.sample_size * self.vae.downscale()
+    }
+    /// Image sides must be multiples of this (the VAE's downscale times the UNet's levels).
+    pub fn size_multiple(&self) -> usize {
+        self.vae.downscale() * self.unet.latent_multiple()
+    }
+    /// Checks an image side before any work starts.
+    pub fn check_size(&self, size: usize) -> Result<()> {
+        let m = self.size_multiple();
+        let max = 4 * self.native_resolution().max(512);
+        if size == 0 || !size.is_multiple_of(m) || size > max {
+            return Err(Error::Invalid(format!(
+                "image size {size} px does not work with {}: it must be a multiple of {m} px between {m} and {max} \
+                 (the autoencoder downsamples by {} and the UNet halves the latent {} times); try {}",
+                self.id,
+                self.vae.downscale(),
+                self.unet.block_out_channels.len() - 1,
+                (size.max(m) / m * m).min(max)
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -72,8 +139,13 @@ pub struct StableDiffusion {
     pub unet: UNet,
     /// VAE.
     pub vae: Vae,
-    /// SHA-256 (hex) of the text encoder weights, "" when unknown (random weights).
-    pub text_encoder_sha256: String,
+    /// Canonical identity of the text encoder (see [`crate::weights::identity`]).
+    pub identity: String,
+    /// SHA-256 of the text encoder's safetensors file, when loaded from one (the identity
+    /// `.ddist` files of format 1 recorded).
+    pub legacy_text_sha256: Option<String>,
+    /// How large intermediate tensors may grow on this device.
+    pub plan: MemPlan,
 }
 
 impl StableDiffusion {
@@ -82,20 +154,43 @@ impl StableDiffusion {
         let text = ClipTextEncoder::new(&Vb::new(RandomSource::new(seed), device), &spec.clip);
         let unet = UNet::new(&Vb::new(RandomSource::new(seed + 1), device), &spec.unet);
         let vae = Vae::new(&Vb::new(RandomSource::new(seed + 2), device), &spec.vae);
-        Self { spec, text, unet, vae, text_encoder_sha256: String::new() }
+        let identity = Self::identity_of(&spec, &text);
+        Self { spec, text, unet, vae, identity, legacy_text_sha256: None, plan: MemPlan::default() }
+    }
+
+    fn identity_of(spec: &ModelSpec, text: &ClipTextEncoder) -> String {
+        let values = text.token_table().to_f32().unwrap_or_default();
+        crate::weights::identity::text_encoder_identity(&spec.clip, &values)
     }
 
     /// Loads the three components from safetensors bytes (diffusers / transformers layout).
     pub fn from_bytes(spec: ModelSpec, text: Vec<u8>, unet: Vec<u8>, vae: Vec<u8>, device: &Device) -> Result<Self> {
         use crate::weights::load_from_bytes;
-        let text_encoder_sha256 = crate::weights::sha256_hex(&text);
-        let ctx = |what: &'static str| move |e: crate::Error| crate::Error::Weights(format!("{what}: {e}"));
+        let legacy = crate::weights::sha256_hex(&text);
+        let ctx = |what: &'static str| move |e: Error| Error::Weights(format!("{what}: {e}"));
         let t = load_from_bytes(text, ClipConfig::key_rewrites(), device, |vb| ClipTextEncoder::new(vb, &spec.clip))
             .map_err(ctx("text encoder"))?;
         let u = load_from_bytes(unet, &[], device, |vb| UNet::new(vb, &spec.unet)).map_err(ctx("unet"))?;
         let v = load_from_bytes(vae, VaeConfig::key_rewrites(), device, |vb| Vae::new(vb, &spec.vae))
             .map_err(ctx("vae"))?;
-        Ok(Self { spec, text: t, unet: u, vae: v, text_encoder_sha256 })
+        let identity = Self::identity_of(&spec, &t);
+        Ok(Self { spec, text: t, unet: u, vae: v, identity, legacy_text_sha256: Some(legacy), plan: MemPlan::default() })
+    }
+
+    /// Builds the model from a converted model's tensors (all shards ingested).
+    pub fn from_manifest_source(src: &mut crate::weights::ManifestSource, device: &Device) -> Result<Self> {
+        let m = src.manifest().clone();
+        let spec = m.model.clone();
+        let vb = Vb::new(src.component("text_encoder"), device);
+        let text = ClipTextEncoder::new(&vb, &spec.clip);
+        vb.finish()?;
+        let vb = Vb::new(src.component("unet"), device);
+        let unet = UNet::new(&vb, &spec.unet);
+        vb.finish()?;
+        let vb = Vb::new(src.component("vae"), device);
+        let vae = Vae::new(&vb, &spec.vae);
+        vb.finish()?;
+        Ok(Self { spec, text, unet, vae, identity: m.identity.text_encoder, legacy_text_sha256: None, plan: MemPlan::default() })
     }
 
     /// Native: loads a diffusers-layout directory (`text_encoder/model.safetensors`,
@@ -106,24 +201,24 @@ impl StableDiffusion {
         let find = |nested: &str, flat: &str| -> Result<Vec<u8>> {
             let candidates = [dir.join(nested), dir.join(flat)];
             let path = candidates.iter().find(|p| p.exists()).ok_or_else(|| {
-                crate::Error::Weights(format!(
-                    "neither {} nor {} exists",
-                    candidates[0].display(),
-                    candidates[1].display()
-                ))
+                Error::Weights(format!("neither {} nor {} exists", candidates[0].display(), candidates[1].display()))
             })?;
-            std::fs::read(path).map_err(|e| crate::Error::io(format!("reading {}", path.display()), e))
+            std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))
         };
         let text = find("text_encoder/model.safetensors", "text_encoder.safetensors")?;
         let unet = find("unet/diffusion_pytorch_model.safetensors", "unet.safetensors")?;
         let vae = find("vae/diffusion_pytorch_model.safetensors", "vae.safetensors")?;
         Self::from_bytes(spec, text, unet, vae, device)
     }
-}
 
-impl StableDiffusion {
-    /// SHA-256 over every parameter's values of the three networks, in module order (used to
-    /// prove that training leaves the networks bit-identical).
+    /// The device the models live on.
+    pub fn device(&self) -> Device {
+        use burn::module::Module;
+        self.unet.devices().into_iter().next().unwrap_or_default()
+    }
+
+    /// SHA-256 over every parameter's values of the three networks, in module order, and the
+    /// host-side token table (used to prove that training leaves the networks bit-identical).
     pub async fn weights_fingerprint(&self) -> Result<String> {
         use burn::module::{Module, ModuleVisitor, Param};
         use burn::tensor::Tensor;
@@ -132,6 +227,7 @@ impl StableDiffusion {
         impl ModuleVisitor for Collect {
             fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
                 let t = param.val();
+                let t = if matches!(t.dtype(), burn::tensor::DType::QFloat(_)) { t.dequantize() } else { t };
                 let n = t.shape().num_elements();
                 self.0.push(t.reshape([n]));
             }
@@ -140,7 +236,7 @@ impl StableDiffusion {
         self.text.visit(&mut c);
         self.unet.visit(&mut c);
         self.vae.visit(&mut c);
-        let mut bytes = Vec::new();
+        let mut bytes = self.text.token_table().bytes.to_vec();
         for t in c.0 {
             for v in crate::backend::read(t).await? {
                 bytes.extend(v.to_le_bytes());

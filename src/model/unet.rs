@@ -1,12 +1,22 @@
 //! `UNet2DConditionModel` of SD 2.x (diffusers layout): linear `proj_in`/`proj_out`, GEGLU
 //! feed-forward, a number of attention heads per block, sinusoidal timestep embedding, and
 //! cross-attention on the text encoder's hidden states.
+//!
+//! The network is expressed as a [`Tape`] of pieces (see [`super::tape`]): every resnet, the
+//! parts of every transformer block around its attentions, each block of attention queries and
+//! each chunk of feed-forward tokens is one piece. Inference runs the tape freeing each value
+//! after its last use; training keeps the piece boundaries and walks back piece by piece. Pieces
+//! are sized by a [`MemPlan`] so that no intermediate tensor outgrows the device's binding limit.
 use burn::module::Module;
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::nn::{Conv2d, GroupNorm, LayerNorm, Linear, attention, gelu_exact, timestep_embedding, upsample_nearest2x};
+use super::nn::{
+    Conv2d, GroupNorm, LayerNorm, Linear, MemPlan, attention_block, attention_rows, gelu_exact, timestep_embedding,
+    upsample_nearest2x,
+};
+use super::tape::{Observer, Slot, Tape, Val};
 use crate::backend::tensor;
 use crate::weights::Vb;
 
@@ -41,7 +51,8 @@ pub struct UNetConfig {
     pub norm_num_groups: usize,
     /// Group norm epsilon of the resnets.
     pub norm_eps: f64,
-    /// Compute attention in f32 (SD 2.1 768 needs it in f16; f32 here anyway).
+    /// Compute attention in f32 (SD 2.1 768 needs it in f16; attention scores are always f32
+    /// here).
     pub upcast_attention: bool,
     /// Latent side of the native resolution (96 for 768 px, 64 for 512 px).
     pub sample_size: usize,
@@ -90,17 +101,27 @@ impl UNetConfig {
             prediction: Prediction::VPrediction,
         }
     }
+
+    /// The multiple of the latent side the architecture needs (each level halves it).
+    pub fn latent_multiple(&self) -> usize {
+        1 << (self.block_out_channels.len() - 1)
+    }
 }
 
 /// `ResnetBlock2D` with timestep conditioning (`temb` may be absent, as in the VAE).
 #[derive(Module, Debug)]
 pub struct ResnetBlock {
-    norm1: GroupNorm,
-    conv1: Conv2d,
+    /// First norm.
+    pub norm1: GroupNorm,
+    /// First convolution.
+    pub conv1: Conv2d,
     time_emb_proj: Option<Linear>,
-    norm2: GroupNorm,
-    conv2: Conv2d,
-    conv_shortcut: Option<Conv2d>,
+    /// Second norm.
+    pub norm2: GroupNorm,
+    /// Second convolution.
+    pub conv2: Conv2d,
+    /// 1×1 shortcut when the channel count changes.
+    pub conv_shortcut: Option<Conv2d>,
 }
 
 impl ResnetBlock {
@@ -151,14 +172,6 @@ impl CrossAttention {
             heads,
         }
     }
-
-    fn forward(&self, x: Tensor<3>, context: Option<&Tensor<3>>) -> Tensor<3> {
-        let ctx = context.cloned().unwrap_or_else(|| x.clone());
-        let q = self.to_q.forward(x);
-        let k = self.to_k.forward(ctx.clone());
-        let v = self.to_v.forward(ctx);
-        self.to_out.forward(attention(q, k, v, self.heads, false))
-    }
 }
 
 /// `BasicTransformerBlock`: self-attention, cross-attention, GEGLU feed-forward.
@@ -187,9 +200,7 @@ impl TransformerBlock {
         }
     }
 
-    fn forward(&self, x: Tensor<3>, context: &Tensor<3>) -> Tensor<3> {
-        let x = x.clone() + self.attn1.forward(self.norm1.forward(x), None);
-        let x = x.clone() + self.attn2.forward(self.norm2.forward(x), Some(context));
+    fn ff(&self, x: Tensor<3>) -> Tensor<3> {
         let h = self.ff_proj.forward(self.norm3.forward(x.clone()));
         let [hidden, gate] = <[Tensor<3>; 2]>::try_from(h.chunk(2, 2)).expect("two chunks");
         x + self.ff_out.forward(hidden * gelu_exact(gate))
@@ -214,13 +225,100 @@ impl SpatialTransformer {
             proj_out: Linear::new(&vb.pp("proj_out"), c, c, true),
         }
     }
+}
 
-    fn forward(&self, x: Tensor<4>, context: &Tensor<3>) -> Tensor<4> {
-        let [n, c, h, w] = x.dims();
-        let t = self.norm.forward(x.clone()).reshape([n, c, h * w]).swap_dims(1, 2);
-        let t = self.proj_out.forward(self.block.forward(self.proj_in.forward(t), context));
-        x + t.swap_dims(1, 2).reshape([n, c, h, w])
+/// Adds attention pieces `q, k, v → o` to `tape`, one piece per block of queries sized so that
+/// a score block `[B, heads, rows, Lk]` stays within the plan.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_pieces<'a>(
+    tape: &mut Tape<'a>,
+    name: &str,
+    [q, k, v]: [Slot; 3],
+    [b, lq, lk]: [usize; 3],
+    heads: usize,
+    causal: bool,
+    plan: &MemPlan,
+) -> Slot {
+    let rows = attention_rows(plan, b, heads, lk);
+    if rows >= lq {
+        return tape.piece1(format!("{name}.core"), &[q, k, v], move |x| {
+            attention_block(x[0].t3(), x[1].t3(), x[2].t3(), heads, causal, 0).into()
+        });
     }
+    let starts: Vec<usize> = (0..lq).step_by(rows).collect();
+    let n = starts.len();
+    let splits = {
+        let starts = starts.clone();
+        tape.piece(format!("{name}.split"), &[q], n, move |x| {
+            let q = x[0].t3();
+            starts.iter().map(|&s| Val::T3(q.clone().narrow(1, s, rows.min(lq - s)))).collect()
+        })
+    };
+    let outs: Vec<Slot> = splits
+        .iter()
+        .zip(&starts)
+        .enumerate()
+        .map(|(i, (&qs, &s))| {
+            tape.piece1(format!("{name}.core{i}"), &[qs, k, v], move |x| {
+                attention_block(x[0].t3(), x[1].t3(), x[2].t3(), heads, causal, s).into()
+            })
+        })
+        .collect();
+    tape.piece1(format!("{name}.cat"), &outs, |x| Tensor::cat(x.iter().map(Val::t3).collect(), 1).into())
+}
+
+/// Adds pieces applying `f` (a token-wise map `[B, L, C] → [B, L, C]`) in chunks of tokens.
+fn tokenwise_pieces<'a>(
+    tape: &mut Tape<'a>,
+    name: &str,
+    x: Slot,
+    [b, l, c]: [usize; 3],
+    widest: usize,
+    plan: &MemPlan,
+    f: impl Fn(Tensor<3>) -> Tensor<3> + Clone + 'a,
+) -> Slot {
+    let rows = plan.rows(b * widest * c * 4);
+    if rows >= l {
+        return tape.piece1(name.to_string(), &[x], move |v| f(v[0].t3()).into());
+    }
+    let starts: Vec<usize> = (0..l).step_by(rows).collect();
+    let parts = {
+        let starts = starts.clone();
+        tape.piece(format!("{name}.split"), &[x], starts.len(), move |v| {
+            let t = v[0].t3();
+            starts.iter().map(|&s| Val::T3(t.clone().narrow(1, s, rows.min(l - s)))).collect()
+        })
+    };
+    let outs: Vec<Slot> = parts
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| {
+            let f = f.clone();
+            tape.piece1(format!("{name}{i}"), &[p], move |v| f(v[0].t3()).into())
+        })
+        .collect();
+    tape.piece1(format!("{name}.cat"), &outs, |v| Tensor::cat(v.iter().map(Val::t3).collect(), 1).into())
+}
+
+/// The slots of a UNet tape.
+#[derive(Clone, Debug)]
+pub struct UNetSlots {
+    /// Noisy latents `[N, 4, h, w]` (input).
+    pub x: Slot,
+    /// Sinusoidal timestep projection `[N, C₀]` (input).
+    pub t_proj: Slot,
+    /// Text conditioning `[N, 77, D]` (input).
+    pub context: Slot,
+    /// The prediction `[N, 4, h, w]`.
+    pub out: Slot,
+    /// Timestep embedding (after `time_embedding`).
+    pub temb: Slot,
+    /// After `conv_in`.
+    pub conv_in: Slot,
+    /// After each down level.
+    pub down: Vec<Slot>,
+    /// After the mid block.
+    pub mid: Slot,
 }
 
 /// One level of the down or up path.
@@ -247,6 +345,8 @@ pub struct UNet {
     conv_out: Conv2d,
     #[module(skip)]
     time_dim: usize,
+    #[module(skip)]
+    context_dim: usize,
 }
 
 /// Intermediate activations of a forward pass (for parity tests).
@@ -341,61 +441,208 @@ impl UNet {
             conv_norm_out: GroupNorm::new(&vb.pp("conv_norm_out"), g, boc[0], eps),
             conv_out: Conv2d::new(&vb.pp("conv_out"), boc[0], cfg.out_channels, 3, 1, 1),
             time_dim: boc[0],
+            context_dim: cfg.cross_attention_dim,
         }
+    }
+
+    /// The sinusoidal projection of `timesteps` `[N, C₀]` (the input of the time embedding).
+    pub fn time_proj(&self, timesteps: &[f32], device: &Device) -> Tensor<2> {
+        let proj = timestep_embedding(timesteps, self.time_dim, true, 0.0);
+        tensor(proj, [timesteps.len(), self.time_dim], device)
     }
 
     /// The timestep embedding `[N, 4·C₀]` of `timesteps` (one per batch element).
     pub fn time_embedding(&self, timesteps: &[f32], device: &Device) -> Tensor<2> {
-        let proj = timestep_embedding(timesteps, self.time_dim, true, 0.0);
-        let t = tensor(proj, [timesteps.len(), self.time_dim], device);
-        self.time_linear_2.forward(silu(self.time_linear_1.forward(t)))
+        self.time_linear_2.forward(silu(self.time_linear_1.forward(self.time_proj(timesteps, device))))
+    }
+
+    /// Block-wise vector–Jacobian product: the prediction for `x` at `timesteps` under
+    /// `context`, and ∂⟨prediction, `g_out`⟩/∂context, with one piece's graph alive at a time.
+    pub fn context_vjp(
+        &self,
+        x: Tensor<4>,
+        timesteps: &[f32],
+        context: Tensor<3>,
+        g_out: impl FnOnce(&Tensor<4>) -> Tensor<4>,
+        plan: &MemPlan,
+        obs: &mut dyn Observer,
+    ) -> crate::Result<(Tensor<4>, Tensor<3>)> {
+        let [n, _, h, w] = x.dims();
+        let device = x.device();
+        let (tape, s) = self.tape(n, h, w, plan);
+        let vals = tape.forward(
+            vec![(s.x, x.into()), (s.t_proj, self.time_proj(timesteps, &device).into()), (s.context, context.into())],
+            true,
+            &[],
+            obs,
+        );
+        let out = vals.get(s.out).expect("kept").t4();
+        let g = g_out(&out);
+        let grads = tape.backward(vals, vec![(s.out, g.into())], &[s.context], obs)?;
+        let g = grads.into_iter().next().flatten().ok_or_else(|| crate::Error::Device("no gradient reached the context".into()))?;
+        Ok((out, g.t3()))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn transformer_pieces<'a>(
+        &'a self,
+        tape: &mut Tape<'a>,
+        name: &str,
+        st: &'a SpatialTransformer,
+        h: Slot,
+        ctx: Slot,
+        [n, c, hh, ww]: [usize; 4],
+        plan: &MemPlan,
+    ) -> Slot {
+        let l = hh * ww;
+        let blk = &st.block;
+        let t0 = tape.piece1(format!("{name}.in"), &[h], move |x| {
+            let t = st.norm.forward(x[0].t4()).reshape([n, c, l]).swap_dims(1, 2);
+            st.proj_in.forward(t).into()
+        });
+        let qkv = tape.piece(format!("{name}.attn1.qkv"), &[t0], 3, move |x| {
+            let y = blk.norm1.forward(x[0].t3());
+            vec![blk.attn1.to_q.forward(y.clone()).into(), blk.attn1.to_k.forward(y.clone()).into(), blk.attn1.to_v.forward(y).into()]
+        });
+        let heads = blk.attn1.heads;
+        let o1 = attention_pieces(tape, &format!("{name}.attn1"), [qkv[0], qkv[1], qkv[2]], [n, l, l], heads, false, plan);
+        let t1 = tape.piece1(format!("{name}.attn1.out"), &[t0, o1], move |x| {
+            (x[0].t3() + blk.attn1.to_out.forward(x[1].t3())).into()
+        });
+        let q2 = tape.piece1(format!("{name}.attn2.q"), &[t1], move |x| blk.attn2.to_q.forward(blk.norm2.forward(x[0].t3())).into());
+        let kv2 = tape.piece(format!("{name}.attn2.kv"), &[ctx], 2, move |x| {
+            vec![blk.attn2.to_k.forward(x[0].t3()).into(), blk.attn2.to_v.forward(x[0].t3()).into()]
+        });
+        let o2 = attention_pieces(tape, &format!("{name}.attn2"), [q2, kv2[0], kv2[1]], [n, l, crate::tokenizer::MAX_LEN], heads, false, plan);
+        let t2 = tape.piece1(format!("{name}.attn2.out"), &[t1, o2], move |x| {
+            (x[0].t3() + blk.attn2.to_out.forward(x[1].t3())).into()
+        });
+        // GEGLU: the widest activation is the projection, 8·C per token.
+        let t3 = tokenwise_pieces(tape, &format!("{name}.ff"), t2, [n, l, c], 8, plan, move |x| blk.ff(x));
+        tape.piece1(format!("{name}.out"), &[h, t3], move |x| {
+            let t = st.proj_out.forward(x[1].t3());
+            (x[0].t4() + t.swap_dims(1, 2).reshape([n, c, hh, ww])).into()
+        })
+    }
+
+    /// The UNet for latents `[n, 4, h, w]` as a tape.
+    pub fn tape<'a>(&'a self, n: usize, h: usize, w: usize, plan: &MemPlan) -> (Tape<'a>, UNetSlots) {
+        let mut tape = Tape::new("unet");
+        let x = tape.input();
+        let t_proj = tape.input();
+        let context = tape.input();
+        let temb = tape.piece1("time_embedding", &[t_proj], move |v| {
+            self.time_linear_2.forward(silu(self.time_linear_1.forward(v[0].t2()))).into()
+        });
+        let temb_act = tape.piece1("time_act", &[temb], |v| silu(v[0].t2()).into());
+        let conv_in = tape.piece1("conv_in", &[x], move |v| self.conv_in.forward(v[0].t4()).into());
+        let mut hs = conv_in;
+        let (mut hh, mut ww) = (h, w);
+        let mut skips = vec![(hs, hh, ww)];
+        let mut down_slots = vec![];
+        let boc = |l: &Level| -> usize {
+            // Output channels of a level: its first resnet's conv1 output.
+            l.resnets[0].conv1.weight.val().dims()[0]
+        };
+        for (i, level) in self.down.iter().enumerate() {
+            let c = boc(level);
+            for (j, resnet) in level.resnets.iter().enumerate() {
+                hs = tape.piece1(format!("down{i}.resnet{j}"), &[hs, temb_act], move |v| {
+                    resnet.forward(v[0].t4(), Some(&v[1].t2())).into()
+                });
+                if let Some(attn) = level.attentions.get(j) {
+                    hs = self.transformer_pieces(&mut tape, &format!("down{i}.attn{j}"), attn, hs, context, [n, c, hh, ww], plan);
+                }
+                skips.push((hs, hh, ww));
+            }
+            if let Some(conv) = &level.sampler {
+                hs = tape.piece1(format!("down{i}.downsample"), &[hs], move |v| conv.forward(v[0].t4()).into());
+                hh = hh.div_ceil(2);
+                ww = ww.div_ceil(2);
+                skips.push((hs, hh, ww));
+            }
+            down_slots.push(hs);
+        }
+        let top = boc(self.down.last().expect("levels"));
+        hs = tape.piece1("mid.resnet0", &[hs, temb_act], move |v| self.mid_resnet_1.forward(v[0].t4(), Some(&v[1].t2())).into());
+        hs = self.transformer_pieces(&mut tape, "mid.attn", &self.mid_attention, hs, context, [n, top, hh, ww], plan);
+        hs = tape.piece1("mid.resnet1", &[hs, temb_act], move |v| self.mid_resnet_2.forward(v[0].t4(), Some(&v[1].t2())).into());
+        let mid = hs;
+        for (i, level) in self.up.iter().enumerate() {
+            let c = level.resnets[0].conv1.weight.val().dims()[0];
+            for (j, resnet) in level.resnets.iter().enumerate() {
+                let (skip, sh, sw) = skips.pop().expect("skip connection");
+                debug_assert_eq!((sh, sw), (hh, ww));
+                hs = tape.piece1(format!("up{i}.resnet{j}"), &[hs, skip, temb_act], move |v| {
+                    resnet.forward(Tensor::cat(vec![v[0].t4(), v[1].t4()], 1), Some(&v[2].t2())).into()
+                });
+                if let Some(attn) = level.attentions.get(j) {
+                    hs = self.transformer_pieces(&mut tape, &format!("up{i}.attn{j}"), attn, hs, context, [n, c, hh, ww], plan);
+                }
+            }
+            if let Some(conv) = &level.sampler {
+                hs = tape.piece1(format!("up{i}.upsample"), &[hs], move |v| conv.forward(upsample_nearest2x(v[0].t4())).into());
+                let (_, sh, sw) = *skips.last().expect("skip of the next level");
+                hh = sh;
+                ww = sw;
+            }
+        }
+        let out = tape.piece1("out", &[hs], move |v| self.conv_out.forward(silu(self.conv_norm_out.forward(v[0].t4()))).into());
+        (tape, UNetSlots { x, t_proj, context, out, temb, conv_in, down: down_slots, mid })
     }
 
     /// Predicts noise (or v) for latents `x` `[N, 4, h, w]` at `timesteps` (length N) under the
-    /// text conditioning `context` `[N, 77, D]`.
+    /// text conditioning `context` `[N, 77, D]`, with the default memory plan.
     pub fn forward(&self, x: Tensor<4>, timesteps: &[f32], context: &Tensor<3>) -> Tensor<4> {
-        self.forward_traced(x, timesteps, context).0
+        self.forward_planned(x, timesteps, context, &MemPlan::default(), &mut ())
+    }
+
+    /// [`forward`](Self::forward) with a memory plan and an observer.
+    pub fn forward_planned(
+        &self,
+        x: Tensor<4>,
+        timesteps: &[f32],
+        context: &Tensor<3>,
+        plan: &MemPlan,
+        obs: &mut dyn Observer,
+    ) -> Tensor<4> {
+        let [n, _, h, w] = x.dims();
+        let (tape, s) = self.tape(n, h, w, plan);
+        let t = self.time_proj(timesteps, &x.device());
+        let mut vals = tape.forward(
+            vec![(s.x, x.into()), (s.t_proj, t.into()), (s.context, context.clone().into())],
+            false,
+            &[s.out],
+            obs,
+        );
+        vals.take(s.out).expect("output").t4()
     }
 
     /// [`forward`](Self::forward), also returning intermediate activations.
     pub fn forward_traced(&self, x: Tensor<4>, timesteps: &[f32], context: &Tensor<3>) -> (Tensor<4>, UNetTrace) {
-        let temb = self.time_embedding(timesteps, &x.device());
-        let temb_act = silu(temb.clone());
-        let mut h = self.conv_in.forward(x);
-        let conv_in = h.clone();
-        let mut skips = vec![h.clone()];
-        let mut down_trace = vec![];
-        for level in &self.down {
-            for (j, resnet) in level.resnets.iter().enumerate() {
-                h = resnet.forward(h, Some(&temb_act));
-                if let Some(attn) = level.attentions.get(j) {
-                    h = attn.forward(h, context);
-                }
-                skips.push(h.clone());
-            }
-            if let Some(conv) = &level.sampler {
-                h = conv.forward(h);
-                skips.push(h.clone());
-            }
-            down_trace.push(h.clone());
-        }
-        h = self.mid_resnet_1.forward(h, Some(&temb_act));
-        h = self.mid_attention.forward(h, context);
-        h = self.mid_resnet_2.forward(h, Some(&temb_act));
-        let mid = h.clone();
-        for level in &self.up {
-            for (j, resnet) in level.resnets.iter().enumerate() {
-                let skip = skips.pop().expect("skip connection");
-                h = resnet.forward(Tensor::cat(vec![h, skip], 1), Some(&temb_act));
-                if let Some(attn) = level.attentions.get(j) {
-                    h = attn.forward(h, context);
-                }
-            }
-            if let Some(conv) = &level.sampler {
-                h = conv.forward(upsample_nearest2x(h));
-            }
-        }
-        let out = self.conv_out.forward(silu(self.conv_norm_out.forward(h)));
-        (out, UNetTrace { temb, conv_in, down: down_trace, mid })
+        let [n, _, h, w] = x.dims();
+        let (tape, s) = self.tape(n, h, w, &MemPlan::default());
+        let t = self.time_proj(timesteps, &x.device());
+        let mut keep = vec![s.out, s.temb, s.conv_in, s.mid];
+        keep.extend(&s.down);
+        let mut vals = tape.forward(
+            vec![(s.x, x.into()), (s.t_proj, t.into()), (s.context, context.clone().into())],
+            false,
+            &keep,
+            &mut (),
+        );
+        let out = vals.take(s.out).expect("output").t4();
+        let trace = UNetTrace {
+            temb: vals.get(s.temb).expect("kept").t2(),
+            conv_in: vals.get(s.conv_in).expect("kept").t4(),
+            down: s.down.iter().map(|&d| vals.get(d).expect("kept").t4()).collect(),
+            mid: vals.get(s.mid).expect("kept").t4(),
+        };
+        (out, trace)
+    }
+
+    /// Width of the conditioning.
+    pub fn context_dim(&self) -> usize {
+        self.context_dim
     }
 }

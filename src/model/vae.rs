@@ -1,14 +1,19 @@
 //! `AutoencoderKL` of SD 2.x: the encoder maps images to a diagonal Gaussian posterior over
 //! latents; the decoder maps latents back to images. Accepts both current (`to_q`…) and legacy
 //! (`query`…) mid-block attention key names.
+//!
+//! At full resolution the autoencoder's activations outgrow a GPU binding (the decoder's
+//! upsampled 256-channel map at 512² is 268 MB; WebGPU gives 128 MiB by default). Those levels
+//! run on horizontal **bands** of rows ([`Bands`]): convolutions read one halo row from each
+//! neighbouring band, group norms gather their statistics over all bands first, and every other
+//! operation is per pixel. The result is the same computation as on the whole image (no tiles,
+//! no seams), with no tensor above the memory plan's block size.
 use burn::module::Module;
 use burn::tensor::Tensor;
 use burn::tensor::activation::silu;
-use burn::tensor::module::conv2d;
-use burn::tensor::ops::ConvOptions;
 use serde::{Deserialize, Serialize};
 
-use super::nn::{Conv2d, GroupNorm, Linear, attention, upsample_nearest2x};
+use super::nn::{Conv2d, GroupNorm, Linear, MemPlan, attention_chunked, upsample_nearest2x};
 use super::unet::ResnetBlock;
 use crate::weights::{KeyRewrite, Vb};
 
@@ -71,6 +76,156 @@ impl VaeConfig {
     }
 }
 
+/// An activation `[N, C, H, W]` held as horizontal bands of rows, top to bottom.
+#[derive(Clone, Debug)]
+pub struct Bands {
+    parts: Vec<Tensor<4>>,
+}
+
+fn bytes_per_row(t: &Tensor<4>) -> usize {
+    let [n, c, _, w] = t.dims();
+    n * c * w * 4
+}
+
+impl Bands {
+    /// Splits `x` into bands whose rows, at `channels` channels, stay within `cap` bytes;
+    /// band heights are multiples of `multiple` (except possibly the last).
+    pub fn split(x: Tensor<4>, channels: usize, cap: usize, multiple: usize) -> Self {
+        Bands { parts: vec![x] }.rebalance(channels, cap, multiple)
+    }
+
+    /// Re-splits bands so that each, at `channels` channels, is within `cap` bytes.
+    pub fn rebalance(self, channels: usize, cap: usize, multiple: usize) -> Self {
+        let mut parts = vec![];
+        for p in self.parts {
+            let [n, _, h, w] = p.dims();
+            let row = n * channels.max(p.dims()[1]) * w * 4;
+            let mut rows = (cap / row.max(1)).max(1);
+            rows = (rows / multiple).max(1) * multiple;
+            if rows >= h {
+                parts.push(p);
+                continue;
+            }
+            let mut s = 0;
+            while s < h {
+                let len = rows.min(h - s);
+                parts.push(p.clone().narrow(2, s, len));
+                s += len;
+            }
+        }
+        Bands { parts }
+    }
+
+    /// The whole activation.
+    pub fn join(self) -> Tensor<4> {
+        if self.parts.len() == 1 {
+            return self.parts.into_iter().next().expect("one band");
+        }
+        Tensor::cat(self.parts, 2)
+    }
+
+    /// Number of bands.
+    pub fn len(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// Whether there are no bands.
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    /// Largest band in bytes.
+    pub fn largest_bytes(&self) -> usize {
+        self.parts.iter().map(|p| bytes_per_row(p) * p.dims()[2]).max().unwrap_or(0)
+    }
+
+    fn map(self, f: impl Fn(Tensor<4>) -> Tensor<4>) -> Self {
+        Bands { parts: self.parts.into_iter().map(f).collect() }
+    }
+
+    fn add(self, other: Bands) -> Self {
+        assert_eq!(self.parts.len(), other.parts.len(), "band layouts differ");
+        Bands { parts: self.parts.into_iter().zip(other.parts).map(|(a, b)| a + b).collect() }
+    }
+
+    /// A 3×3, stride-1, padding-1 convolution: each band reads one halo row from its neighbours.
+    pub fn conv3(&self, conv: &Conv2d) -> Self {
+        let n = self.parts.len();
+        let parts = (0..n)
+            .map(|i| {
+                let mut rows = vec![];
+                if i > 0 {
+                    let p = &self.parts[i - 1];
+                    let h = p.dims()[2];
+                    rows.push(p.clone().narrow(2, h - 1, 1));
+                }
+                rows.push(self.parts[i].clone());
+                if i + 1 < n {
+                    rows.push(self.parts[i + 1].clone().narrow(2, 0, 1));
+                }
+                let x = if rows.len() == 1 { rows.pop().expect("one") } else { Tensor::cat(rows, 2) };
+                let top = usize::from(i == 0);
+                let bottom = usize::from(i + 1 == n);
+                conv.forward_padded(x, [(top, bottom), (1, 1)])
+            })
+            .collect();
+        Bands { parts }
+    }
+
+    /// The encoder's downsampling: pad (0, 1) bottom/right, 3×3 stride 2; band heights must be
+    /// even (each band reads the first row of the next).
+    pub fn conv_down(&self, conv: &Conv2d) -> Self {
+        let n = self.parts.len();
+        let parts = (0..n)
+            .map(|i| {
+                let x = if i + 1 < n {
+                    Tensor::cat(vec![self.parts[i].clone(), self.parts[i + 1].clone().narrow(2, 0, 1)], 2)
+                } else {
+                    self.parts[i].clone()
+                };
+                conv.forward_padded(x, [(0, usize::from(i + 1 == n)), (0, 1)])
+            })
+            .collect();
+        Bands { parts }
+    }
+
+    /// Group norm with statistics over all bands (two passes: mean, then variance).
+    pub fn group_norm(&self, gn: &GroupNorm) -> Self {
+        if self.parts.len() == 1 {
+            return Bands { parts: vec![gn.forward(self.parts[0].clone())] };
+        }
+        let g = gn.groups;
+        let grouped = |p: &Tensor<4>| {
+            let [n, c, h, w] = p.dims();
+            p.clone().reshape([n, g, (c / g) * h * w])
+        };
+        let count: usize = self.parts.iter().map(|p| p.dims()[1] / g * p.dims()[2] * p.dims()[3]).sum();
+        let sum = self.parts.iter().map(|p| grouped(p).sum_dim(2)).reduce(|a, b| a + b).expect("bands");
+        let mean = sum / count as f32;
+        let sq = self
+            .parts
+            .iter()
+            .map(|p| (grouped(p) - mean.clone()).powi_scalar(2).sum_dim(2))
+            .reduce(|a, b| a + b)
+            .expect("bands");
+        let var = sq / count as f32;
+        Bands { parts: self.parts.iter().map(|p| gn.apply(p.clone(), mean.clone(), var.clone())).collect() }
+    }
+}
+
+/// A resnet (no timestep) on bands.
+fn resnet_bands(r: &ResnetBlock, x: Bands, cap: usize) -> Bands {
+    let c_out = r.conv1.weight.val().dims()[0];
+    let x = x.rebalance(c_out, cap, 2);
+    let h = x.group_norm(&r.norm1).map(silu).conv3(&r.conv1);
+    let h = h.group_norm(&r.norm2).map(silu).conv3(&r.conv2);
+    let x = match &r.conv_shortcut {
+        Some(c) => x.map(|p| c.forward(p)),
+        None => x,
+    };
+    x.add(h)
+}
+
 /// Single-head self-attention over pixels, with residual.
 #[derive(Module, Debug)]
 pub struct VaeAttention {
@@ -92,10 +247,17 @@ impl VaeAttention {
         }
     }
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+    fn forward(&self, x: Tensor<4>, plan: &MemPlan) -> Tensor<4> {
         let [n, c, h, w] = x.dims();
         let t = self.group_norm.forward(x.clone()).reshape([n, c, h * w]).swap_dims(1, 2);
-        let a = attention(self.to_q.forward(t.clone()), self.to_k.forward(t.clone()), self.to_v.forward(t), 1, false);
+        let a = attention_chunked(
+            self.to_q.forward(t.clone()),
+            self.to_k.forward(t.clone()),
+            self.to_v.forward(t),
+            1,
+            false,
+            plan,
+        );
         x + self.to_out.forward(a).swap_dims(1, 2).reshape([n, c, h, w])
     }
 }
@@ -117,8 +279,8 @@ impl VaeMid {
         }
     }
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.resnet_2.forward(self.attention.forward(self.resnet_1.forward(x, None)), None)
+    fn forward(&self, x: Tensor<4>, plan: &MemPlan) -> Tensor<4> {
+        self.resnet_2.forward(self.attention.forward(self.resnet_1.forward(x, None), plan), None)
     }
 }
 
@@ -200,7 +362,7 @@ impl Vae {
             out_c = c;
             let vbl = e.pp(format!("down_blocks.{i}"));
             let resnets = resnet_chain(&vbl, cfg.layers_per_block, in_c, out_c, g);
-            // Stride-2 conv without padding after an asymmetric (0, 1) pad: see `forward`.
+            // Stride-2 conv without padding after an asymmetric (0, 1) pad: see `encode`.
             let sampler = (i + 1 < n).then(|| Conv2d::new(&vbl.pp("downsamplers.0.conv"), out_c, out_c, 3, 2, 0));
             down.push(VaeLevel { resnets, sampler });
         }
@@ -236,40 +398,58 @@ impl Vae {
         Self { encoder, decoder, scaling_factor: cfg.scaling_factor }
     }
 
-    /// Encodes images `[N, 3, H, W]` in [-1, 1] to the latent posterior.
+    /// Encodes images `[N, 3, H, W]` in [-1, 1] to the latent posterior (default plan).
     pub fn encode(&self, x: Tensor<4>) -> Posterior {
+        self.encode_planned(x, &MemPlan::default())
+    }
+
+    /// [`encode`](Self::encode) within a memory plan.
+    pub fn encode_planned(&self, x: Tensor<4>, plan: &MemPlan) -> Posterior {
         let e = &self.encoder;
-        let mut h = e.conv_in.forward(x);
+        let cap = plan.max_block_bytes;
+        let c0 = e.conv_in.weight.val().dims()[0];
+        // Bands of even height (the downsampling convolutions read pairs of rows).
+        let mut h = Bands::split(x, c0, cap, 2).conv3(&e.conv_in);
         for level in &e.down {
             for r in &level.resnets {
-                h = r.forward(h, None);
+                h = resnet_bands(r, h, cap);
             }
             if let Some(conv) = &level.sampler {
-                let opts = ConvOptions::new_with_padding([2, 2], [(0, 1), (0, 1)], [1, 1], 1);
-                h = conv2d(h, conv.weight.val(), Some(conv.bias.val()), opts);
+                h = h.rebalance(0, cap, 2).conv_down(conv);
             }
         }
-        h = e.mid.forward(h);
-        h = e.conv_out.forward(silu(e.conv_norm_out.forward(h)));
+        let h = e.mid.forward(h.join(), plan);
+        let h = e.conv_out.forward(silu(e.conv_norm_out.forward(h)));
         let moments = e.quant_conv.forward(h);
         let [mean, logvar] = <[Tensor<4>; 2]>::try_from(moments.chunk(2, 1)).expect("two chunks");
         Posterior { mean, logvar: logvar.clamp(-30.0, 20.0) }
     }
 
-    /// Decodes unscaled latents `[N, 4, h, w]` to images in about [-1, 1].
+    /// Decodes unscaled latents `[N, 4, h, w]` to images in about [-1, 1] (default plan).
     pub fn decode(&self, z: Tensor<4>) -> Tensor<4> {
+        self.decode_planned(z, &MemPlan::default())
+    }
+
+    /// [`decode`](Self::decode) within a memory plan.
+    pub fn decode_planned(&self, z: Tensor<4>, plan: &MemPlan) -> Tensor<4> {
         let d = &self.decoder;
-        let mut h = d.conv_in.forward(d.post_quant_conv.forward(z));
-        h = d.mid.forward(h);
+        let cap = plan.max_block_bytes;
+        let h = d.conv_in.forward(d.post_quant_conv.forward(z));
+        let h = d.mid.forward(h, plan);
+        let c = h.dims()[1];
+        let mut b = Bands::split(h, c, cap, 1);
         for level in &d.up {
             for r in &level.resnets {
-                h = r.forward(h, None);
+                b = resnet_bands(r, b, cap);
             }
             if let Some(conv) = &level.sampler {
-                h = conv.forward(upsample_nearest2x(h));
+                // Upsampling quadruples a band: split first so the result fits.
+                let c = conv.weight.val().dims()[0];
+                b = b.rebalance(4 * c, cap, 1).map(upsample_nearest2x).conv3(conv);
             }
         }
-        d.conv_out.forward(silu(d.conv_norm_out.forward(h)))
+        let b = b.group_norm(&d.conv_norm_out).map(silu).conv3(&d.conv_out);
+        b.join()
     }
 }
 

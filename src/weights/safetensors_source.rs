@@ -3,7 +3,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use safetensors::{Dtype, SafeTensors};
 
-use super::{Init, ParamSource};
+use super::{ParamSource, Provided, Request};
 use crate::{Error, Result};
 
 /// A rewrite of checkpoint key names into the names the modules ask for.
@@ -94,7 +94,19 @@ fn to_f32(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
 }
 
 impl ParamSource for SafetensorsSource {
-    fn take(&mut self, name: &str, shape: &[usize], _init: Init) -> Vec<f32> {
+    fn take(&mut self, req: &Request) -> Provided {
+        Provided::Values(self.values(req.name, req.shape))
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.report()
+    }
+}
+
+impl SafetensorsSource {
+    /// Checkpoint-layout f32 values of `name` with `shape` (placeholders and a recorded problem
+    /// when absent or mis-shaped).
+    pub fn values(&mut self, name: &str, shape: &[usize]) -> Vec<f32> {
         let n: usize = shape.iter().product();
         let Some(entry) = self.tensors.get(name) else {
             self.missing.push(format!("{name} {shape:?}"));
@@ -121,7 +133,7 @@ impl ParamSource for SafetensorsSource {
         }
     }
 
-    fn finish(&mut self) -> Result<()> {
+    fn report(&mut self) -> Result<()> {
         let unexpected: Vec<_> =
             self.tensors.iter().filter(|(k, _)| !self.used.contains(*k)).map(|(_, e)| e.original.clone()).collect();
         let mut problems = vec![];

@@ -2,7 +2,7 @@
 //! mixing (eq. 7, both σ rules, one-hot weights, invalid weights), the orthogonality loss,
 //! templates and prompt layouts.
 use dreamdist::backend::{block_on, cpu_device, read, tensor};
-use dreamdist::dist::{MixRule, OrthoFeatures, PromptGaussian, PromptLayout, Template, ortho_loss};
+use dreamdist::distribution::{MixRule, OrthoFeatures, PromptGaussian, PromptLayout, Template, ortho_loss};
 use dreamdist::tokenizer::{BOS, ClipTokenizer, EOS, PAD};
 
 fn close(got: &[f32], want: &[f32], tol: f32) {

@@ -31,7 +31,9 @@ use serde::{Deserialize, Serialize};
 /// The value of the header's `format` field (and the safetensors metadata key).
 pub const FORMAT: &str = "dreamdist";
 /// The newest format version this build reads and the version it writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+/// Recipes accepted in [`TrainInfo::recipe`].
+pub const RECIPES: [&str; 2] = ["paper", "authors"];
 /// Largest accepted file, checked before any parsing.
 pub const MAX_FILE_BYTES: usize = 64 << 20;
 /// Largest number of prompts K in a distribution.
@@ -231,13 +233,22 @@ pub struct ModelId {
     pub id: String,
     /// Text-encoder hidden size; must equal [`DistFile::hidden`].
     pub hidden_size: usize,
-    /// Lowercase hex SHA-256 of the text-encoder weights file; `""` = unknown.
+    /// Lowercase hex SHA-256 of the text-encoder weights file; `""` = unknown. Format 1 named
+    /// models this way; format 2 writes `""` and uses [`identity`](Self::identity).
     pub text_encoder_sha256: String,
+    /// The model's canonical text-encoder identity (lowercase hex SHA-256 over its config and
+    /// f16-rounded token embedding; the same for f32, f16 and quantized copies). Format 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 impl fmt::Display for ModelId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "`{}` (hidden size {}", self.id, self.hidden_size)?;
+        if let Some(i) = &self.identity {
+            let short: String = i.chars().take(12).collect();
+            write!(f, ", identity {short}…")?;
+        }
         if !self.text_encoder_sha256.is_empty() {
             let short: String = self.text_encoder_sha256.chars().take(12).collect();
             write!(f, ", text encoder sha256 {short}…")?;
@@ -268,6 +279,9 @@ pub struct TrainInfo {
     pub template: String,
     /// One of [`MODES`] (`"dreamdistribution"` | `"textual-inversion"`).
     pub mode: String,
+    /// One of [`RECIPES`]; absent in format 1 (= `"paper"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<String>,
 }
 
 /// Storage precision of the prompt embeddings.
@@ -486,7 +500,7 @@ impl DistFile {
             None => return Err(FileError::BadHeader("missing field `format`".into())),
         }
         match probe.version.as_ref().map(|v| v.as_u64()) {
-            Some(Some(v)) if v == u64::from(FORMAT_VERSION) => {}
+            Some(Some(v)) if (1..=u64::from(FORMAT_VERSION)).contains(&v) => {}
             Some(Some(v)) if v > u64::from(FORMAT_VERSION) => {
                 return Err(FileError::NewerVersion { found: v, supported: FORMAT_VERSION });
             }
@@ -637,12 +651,25 @@ impl DistFile {
                 reason: format!("{} differs from the prompt hidden size {}", self.model.hidden_size, self.hidden),
             });
         }
+        let hex64 = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         let sha = &self.model.text_encoder_sha256;
-        let is_hex64 = sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if !sha.is_empty() && !is_hex64 {
+        if !sha.is_empty() && !hex64(sha) {
             return Err(FileError::InvalidField {
                 field: "model.text_encoder_sha256",
                 reason: "must be empty (unknown) or 64 lowercase hex digits".into(),
+            });
+        }
+        if let Some(i) = &self.model.identity
+            && !hex64(i)
+        {
+            return Err(FileError::InvalidField { field: "model.identity", reason: "must be 64 lowercase hex digits".into() });
+        }
+        if let Some(r) = &self.train.recipe
+            && !RECIPES.contains(&r.as_str())
+        {
+            return Err(FileError::InvalidField {
+                field: "train.recipe",
+                reason: format!("{:?} is not one of {RECIPES:?}", truncate(r, 40)),
             });
         }
 
@@ -717,17 +744,37 @@ impl DistFile {
         check_values(T_PROMPTS, &self.prompts, Some(MAX_ABS_VALUE), false)
     }
 
-    /// Check that this distribution was learned on `expected` (the loaded model): ids and
-    /// hidden sizes must match, and text-encoder hashes must match when both are known.
-    pub fn check_model(&self, expected: &ModelId) -> Result<(), FileError> {
+    /// Check that this distribution was learned on `loaded` (the loaded model): ids and hidden
+    /// sizes must match, and so must the canonical identities when both are known. A format-1
+    /// file names its model by the SHA-256 of the text-encoder file; that is compared when the
+    /// loaded model knows its file's hash, and otherwise accepted with the note returned here.
+    pub fn check_model(&self, loaded: &ModelId) -> Result<Option<String>, FileError> {
         let mine = &self.model;
-        let sha_conflict = !mine.text_encoder_sha256.is_empty()
-            && !expected.text_encoder_sha256.is_empty()
-            && !mine.text_encoder_sha256.eq_ignore_ascii_case(&expected.text_encoder_sha256);
-        if mine.id != expected.id || mine.hidden_size != expected.hidden_size || sha_conflict {
-            return Err(FileError::ModelMismatch { file: mine.to_string(), loaded: expected.to_string() });
+        let mismatch = || FileError::ModelMismatch { file: mine.to_string(), loaded: loaded.to_string() };
+        if mine.id != loaded.id || mine.hidden_size != loaded.hidden_size {
+            return Err(mismatch());
         }
-        Ok(())
+        if let (Some(a), Some(b)) = (&mine.identity, &loaded.identity) {
+            return if a.eq_ignore_ascii_case(b) { Ok(None) } else { Err(mismatch()) };
+        }
+        let legacy = &mine.text_encoder_sha256;
+        if legacy.is_empty() {
+            return Ok(Some(format!(
+                "this distribution does not say which copy of `{}` it was learned on; it was loaded on the strength \
+                 of the model id and hidden size",
+                mine.id
+            )));
+        }
+        if !loaded.text_encoder_sha256.is_empty() {
+            return if legacy.eq_ignore_ascii_case(&loaded.text_encoder_sha256) { Ok(None) } else { Err(mismatch()) };
+        }
+        let short: String = legacy.chars().take(12).collect();
+        Ok(Some(format!(
+            "this distribution comes from an older dreamdist, which named its model by the SHA-256 of the \
+             text-encoder file ({short}…); that cannot be checked against this copy of `{}`, so it was loaded on the \
+             strength of the model id and hidden size",
+            mine.id
+        )))
     }
 }
 
@@ -927,7 +974,7 @@ mod tests {
             m,
             hidden,
             prompts: (0..n).map(|_| rng.normal() * 0.3).collect(),
-            model: ModelId { id: "tiny".into(), hidden_size: hidden, text_encoder_sha256: "ab".repeat(32) },
+            model: ModelId { id: "tiny".into(), hidden_size: hidden, text_encoder_sha256: "ab".repeat(32), identity: None },
             train: TrainInfo {
                 steps: 1500,
                 lr: 0.001,
@@ -938,6 +985,7 @@ mod tests {
                 ortho: "eos".into(),
                 template: "a photo of {}".into(),
                 mode: "dreamdistribution".into(),
+                recipe: None,
             },
             loss_curve: (0..loss).map(|i| 1.0 / (1.0 + i as f32)).collect(),
             created_by: "dreamdist 0.1.0".into(),

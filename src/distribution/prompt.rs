@@ -1,8 +1,9 @@
 //! The learnable prompt set: K soft prompts of M token embeddings, spliced into a text
 //! template and passed through the frozen text encoder (paper §3, Algorithm 1).
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::Tensor;
 
-use crate::model::ClipTextEncoder;
+use super::{PromptGaussian, SigmaEstimate};
+use crate::model::{ClipTextEncoder, StableDiffusion};
 use crate::tokenizer::{BOS, ClipTokenizer, EOS, MAX_LEN, PAD};
 use crate::{Error, Result};
 
@@ -81,27 +82,42 @@ impl PromptLayout {
         Ok(Self { ids, slot_start, m, eos })
     }
 
-    /// Token embeddings of K prompts `[K, 77, H]`: the template's embeddings with the learned
-    /// tokens `v` `[K, M, H]` in the slot positions. Gradients flow into `v` only.
-    pub fn embed(&self, encoder: &ClipTextEncoder, v: Tensor<3>) -> Tensor<3> {
+    /// Token embeddings of K prompts `[K, 77, H]`: the template's embeddings (gathered on the
+    /// host) with the learned tokens `v` `[K, M, H]` in the slot positions. Gradients flow into
+    /// `v` only.
+    pub fn embed(&self, encoder: &ClipTextEncoder, v: Tensor<3>) -> Result<Tensor<3>> {
         let [k, m, h] = v.dims();
-        assert_eq!(m, self.m, "prompt set has M = {m}, layout expects {}", self.m);
-        let device = v.device();
-        let ids = Tensor::<2, Int>::from_data(
-            TensorData::new(self.ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [1, MAX_LEN]),
-            &device,
-        );
-        let base = encoder.embed_tokens(ids).detach();
-        let pre = base.clone().slice([0..1, 0..self.slot_start]).expand([k, self.slot_start, h]);
+        if m != self.m {
+            return Err(Error::Invalid(format!("prompt set has M = {m}, the layout expects {}", self.m)));
+        }
+        let base = encoder.embed_tokens(std::slice::from_ref(&self.ids), &v.device())?;
+        let mut parts = vec![];
+        if self.slot_start > 0 {
+            parts.push(base.clone().narrow(1, 0, self.slot_start).expand([k, self.slot_start, h]));
+        }
+        parts.push(v);
         let post_len = MAX_LEN - self.slot_start - m;
-        let post = base.slice([0..1, self.slot_start + m..MAX_LEN]).expand([k, post_len, h]);
-        Tensor::cat(vec![pre, v, post], 1)
+        parts.push(base.narrow(1, self.slot_start + m, post_len).expand([k, post_len, h]));
+        Ok(Tensor::cat(parts, 1))
     }
 
     /// Encodes K prompts: `[K, 77, H]` text-encoder outputs cₖ = E(Pₖ).
-    pub fn encode(&self, encoder: &ClipTextEncoder, v: Tensor<3>) -> Tensor<3> {
-        encoder.forward_embeds(self.embed(encoder, v))
+    pub fn encode(&self, encoder: &ClipTextEncoder, v: Tensor<3>) -> Result<Tensor<3>> {
+        Ok(encoder.forward_embeds(self.embed(encoder, v)?))
     }
+}
+
+/// Encodes prompts `v` `[K, M, H]` under `template` and fits μ, σ (the distribution a `.ddist`
+/// file describes; another template gives text-guided editing).
+pub fn fit_gaussian(
+    sd: &StableDiffusion,
+    tokenizer: &ClipTokenizer,
+    template: &Template,
+    v: Tensor<3>,
+    estimate: SigmaEstimate,
+) -> Result<PromptGaussian> {
+    let layout = PromptLayout::new(tokenizer, template, v.dims()[1])?;
+    Ok(PromptGaussian::fit_with(layout.encode(&sd.text, v)?, estimate))
 }
 
 /// Initial prompt embeddings V `[K, M, H]`: N(0, 0.02) from `rng`, or, with `init`, the token
@@ -116,17 +132,11 @@ pub fn init_prompts(k: usize, m: usize, hidden: usize, rng: &mut crate::rng::Rng
     v
 }
 
-/// Host copy of a token embedding row (for `init_prompts` from a word).
-pub async fn token_embedding_row(
-    encoder: &ClipTextEncoder,
-    tokenizer: &ClipTokenizer,
-    word: &str,
-    device: &Device,
-) -> Result<Vec<f32>> {
+/// Host copy of a word's (first token's) embedding row (for `init_prompts` from a word).
+pub fn token_embedding_row(encoder: &ClipTextEncoder, tokenizer: &ClipTokenizer, word: &str) -> Result<Vec<f32>> {
     let ids = tokenizer.encode_words(word)?;
     let Some(&id) = ids.first() else {
         return Err(Error::Invalid(format!("init word {word:?} has no tokens")));
     };
-    let t = Tensor::<2, Int>::from_data(TensorData::new(vec![id as i64], [1, 1]), device);
-    crate::backend::read(encoder.embed_tokens(t)).await
+    encoder.token_table().rows(&[id as usize])
 }

@@ -14,15 +14,39 @@ pub struct PromptGaussian {
     pub sigma: Tensor<2>,
 }
 
+/// How σ is estimated from the K prompts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SigmaEstimate {
+    /// √(Σ(cₖ − μ)² / K), Algorithm 1 of the paper. Default.
+    #[default]
+    Population,
+    /// √(Σ(cₖ − μ)² / (K − 1)), `torch.std` as in the authors' code.
+    Unbiased,
+}
+
 impl PromptGaussian {
-    /// Fits μ, σ to K encoded prompts `c` `[K, 77, H]`. With K = 1 (Textual Inversion) σ = 0.
+    /// Fits μ, σ (population) to K encoded prompts `c` `[K, 77, H]`. With K = 1 (Textual
+    /// Inversion) σ = 0.
     pub fn fit(c: Tensor<3>) -> Self {
+        Self::fit_with(c, SigmaEstimate::Population)
+    }
+
+    /// Fits μ, σ with the given σ estimate.
+    pub fn fit_with(c: Tensor<3>, estimate: SigmaEstimate) -> Self {
         let [k, l, h] = c.dims();
         let mu = c.clone().mean_dim(0);
+        let denom = match estimate {
+            SigmaEstimate::Population => k as f32,
+            SigmaEstimate::Unbiased => (k.max(2) - 1) as f32,
+        };
         // The variance is floored at 1e-20 before the square root: positions every prompt
         // shares (BOS) have σ = 0 exactly, where √ has an infinite derivative.
-        let sigma =
-            if k == 1 { mu.zeros_like() } else { (c - mu.clone()).powi_scalar(2).mean_dim(0).clamp_min(1e-20).sqrt() };
+        let sigma = if k == 1 {
+            mu.zeros_like()
+        } else {
+            ((c - mu.clone()).powi_scalar(2).sum_dim(0) / denom).clamp_min(1e-20).sqrt()
+        };
         Self { mu: mu.reshape([l, h]), sigma: sigma.reshape([l, h]) }
     }
 
@@ -99,8 +123,24 @@ pub enum OrthoFeatures {
     Flat,
 }
 
+/// The form of the orthogonality loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OrthoForm {
+    /// 1/(K(K−1)) Σ_{i<j} |cos(fᵢ, fⱼ)| (the paper's text). Default.
+    #[default]
+    AbsPairs,
+    /// 1/(K(K−1)) Σ_{i≠j} cos²(fᵢ, fⱼ) (the authors' code).
+    SquaredOrdered,
+}
+
 /// L_ortho = 1/(K(K−1)) Σ_{i<j} |cos(fᵢ, fⱼ)| over the prompts' features (zero when K = 1).
 pub fn ortho_loss(c: Tensor<3>, eos: usize, features: OrthoFeatures) -> Tensor<1> {
+    ortho_loss_with(c, eos, features, OrthoForm::AbsPairs)
+}
+
+/// The orthogonality loss in the given form.
+pub fn ortho_loss_with(c: Tensor<3>, eos: usize, features: OrthoFeatures, form: OrthoForm) -> Tensor<1> {
     let [k, l, h] = c.dims();
     let f: Tensor<2> = match features {
         OrthoFeatures::Eos => c.slice([0..k, eos..eos + 1]).reshape([k, h]),
@@ -108,12 +148,15 @@ pub fn ortho_loss(c: Tensor<3>, eos: usize, features: OrthoFeatures) -> Tensor<1
     };
     let norm = f.clone().powi_scalar(2).sum_dim(1).sqrt().clamp_min(1e-12);
     let f = f / norm;
-    let cos = f.clone().matmul(f.transpose()).abs();
+    let cos = f.clone().matmul(f.transpose());
     if k < 2 {
         return cos.sum() * 0.0;
     }
-    // Σ over i≠j of |cos| is twice Σ_{i<j}.
     let off_diag: Vec<f32> = (0..k * k).map(|i| if i / k == i % k { 0.0 } else { 1.0 }).collect();
     let mask = crate::backend::tensor(off_diag, [k, k], &cos.device());
-    (cos * mask).sum() / (2 * k * (k - 1)) as f32
+    match form {
+        // Σ over i≠j of |cos| is twice Σ_{i<j}.
+        OrthoForm::AbsPairs => (cos.abs() * mask).sum() / (2 * k * (k - 1)) as f32,
+        OrthoForm::SquaredOrdered => (cos.powi_scalar(2) * mask).sum() / (k * (k - 1)) as f32,
+    }
 }

@@ -3,5 +3,6 @@ pub mod file;
 pub mod gaussian;
 pub mod prompt;
 
-pub use gaussian::{MixRule, OrthoFeatures, PromptGaussian, ortho_loss};
+pub use gaussian::{MixRule, OrthoFeatures, OrthoForm, PromptGaussian, SigmaEstimate, ortho_loss, ortho_loss_with};
+pub use prompt::fit_gaussian;
 pub use prompt::{PromptLayout, Template};

@@ -1,0 +1,336 @@
+//! Networks as tapes of pieces: one definition serves inference (each value freed after its
+//! last use) and exact block-wise backpropagation with recompute.
+//!
+//! A [`Tape`] is a list of [`Piece`]s in execution order. Each piece reads some slots and writes
+//! others through a closure that runs plain tensor code. Running the tape forward without
+//! autodiff and keeping every slot that a piece reads gives the block-boundary tensors; walking
+//! the pieces in reverse, [`Tape::backward`] recomputes one piece at a time under autodiff (its
+//! inputs lifted to fresh leaves) and pulls the incoming gradient back to the piece's inputs, so
+//! the autodiff graph never spans more than one piece. Peak memory is the kept boundaries plus
+//! one piece's activations (and the dequantized weights of that piece only).
+//!
+//! The gradient is exact: the walk is the chain rule over the pieces, and each piece's
+//! vector-Jacobian product is burn's own. Gradients accumulate into every slot consumed by
+//! several pieces (skip connections, the text conditioning), and any input slot can ask for its
+//! gradient — the conditioning for DreamDistribution, or the small trainable tensors of an
+//! adapter (LoRA) passed in as extra input slots.
+use burn::tensor::Tensor;
+
+use crate::{Error, Result};
+
+/// A tensor of rank 2, 3 or 4 held in a slot.
+#[derive(Clone, Debug)]
+pub enum Val {
+    /// Rank 2.
+    T2(Tensor<2>),
+    /// Rank 3.
+    T3(Tensor<3>),
+    /// Rank 4.
+    T4(Tensor<4>),
+}
+
+impl From<Tensor<2>> for Val {
+    fn from(t: Tensor<2>) -> Self {
+        Val::T2(t)
+    }
+}
+impl From<Tensor<3>> for Val {
+    fn from(t: Tensor<3>) -> Self {
+        Val::T3(t)
+    }
+}
+impl From<Tensor<4>> for Val {
+    fn from(t: Tensor<4>) -> Self {
+        Val::T4(t)
+    }
+}
+
+macro_rules! on_val {
+    ($v:expr, $t:ident => $e:expr) => {
+        match $v {
+            Val::T2($t) => Val::T2($e),
+            Val::T3($t) => Val::T3($e),
+            Val::T4($t) => Val::T4($e),
+        }
+    };
+}
+
+impl Val {
+    /// The rank-2 tensor (panics on another rank: a wiring bug).
+    pub fn t2(&self) -> Tensor<2> {
+        match self {
+            Val::T2(t) => t.clone(),
+            v => panic!("expected a rank-2 value, got {v:?}"),
+        }
+    }
+    /// The rank-3 tensor.
+    pub fn t3(&self) -> Tensor<3> {
+        match self {
+            Val::T3(t) => t.clone(),
+            v => panic!("expected a rank-3 value, got {v:?}"),
+        }
+    }
+    /// The rank-4 tensor.
+    pub fn t4(&self) -> Tensor<4> {
+        match self {
+            Val::T4(t) => t.clone(),
+            v => panic!("expected a rank-4 value, got {v:?}"),
+        }
+    }
+    /// Shape.
+    pub fn dims(&self) -> Vec<usize> {
+        match self {
+            Val::T2(t) => t.dims().to_vec(),
+            Val::T3(t) => t.dims().to_vec(),
+            Val::T4(t) => t.dims().to_vec(),
+        }
+    }
+    /// Bytes of an f32 tensor of this shape.
+    pub fn f32_bytes(&self) -> usize {
+        self.dims().iter().product::<usize>() * 4
+    }
+    /// This value as a fresh autodiff leaf that requires its gradient.
+    fn leaf(&self) -> Val {
+        on_val!(self, t => t.clone().without_autodiff().autodiff().require_grad())
+    }
+    /// Without autodiff (a plain constant).
+    pub fn plain(&self) -> Val {
+        on_val!(self, t => t.clone().without_autodiff())
+    }
+    /// `sum(self ⊙ g)` as a one-element tensor (the surrogate whose gradient is the VJP).
+    fn dot(&self, g: &Val) -> Tensor<1> {
+        match (self, g) {
+            (Val::T2(a), Val::T2(b)) => (a.clone() * b.clone()).sum(),
+            (Val::T3(a), Val::T3(b)) => (a.clone() * b.clone()).sum(),
+            (Val::T4(a), Val::T4(b)) => (a.clone() * b.clone()).sum(),
+            (a, b) => panic!("gradient rank mismatch: {a:?} vs {b:?}"),
+        }
+    }
+    fn add(self, other: Val) -> Val {
+        match (self, other) {
+            (Val::T2(a), Val::T2(b)) => Val::T2(a + b),
+            (Val::T3(a), Val::T3(b)) => Val::T3(a + b),
+            (Val::T4(a), Val::T4(b)) => Val::T4(a + b),
+            (a, b) => panic!("gradient rank mismatch: {a:?} vs {b:?}"),
+        }
+    }
+    fn grad(&self, grads: &burn::tensor::Gradients) -> Option<Val> {
+        Some(match self {
+            Val::T2(t) => Val::T2(t.grad(grads)?),
+            Val::T3(t) => Val::T3(t.grad(grads)?),
+            Val::T4(t) => Val::T4(t.grad(grads)?),
+        })
+    }
+}
+
+/// A slot index.
+pub type Slot = usize;
+
+type PieceFn<'a> = Box<dyn Fn(&[Val]) -> Vec<Val> + 'a>;
+
+/// One step of a tape: reads `inputs`, writes `outputs`.
+pub struct Piece<'a> {
+    /// Name (for reports and memory sampling).
+    pub name: String,
+    /// Slots read.
+    pub inputs: Vec<Slot>,
+    /// Slots written.
+    pub outputs: Vec<Slot>,
+    f: PieceFn<'a>,
+}
+
+/// A network as a sequence of pieces over numbered slots.
+#[derive(Default)]
+pub struct Tape<'a> {
+    pieces: Vec<Piece<'a>>,
+    slots: usize,
+    inputs: Vec<Slot>,
+    prefix: String,
+}
+
+/// Slot values of one run.
+pub struct Values {
+    vals: Vec<Option<Val>>,
+}
+
+impl Values {
+    /// The value in `slot`, if kept.
+    pub fn get(&self, slot: Slot) -> Option<&Val> {
+        self.vals.get(slot).and_then(|v| v.as_ref())
+    }
+    /// Removes and returns the value in `slot`.
+    pub fn take(&mut self, slot: Slot) -> Option<Val> {
+        self.vals.get_mut(slot).and_then(|v| v.take())
+    }
+    /// Bytes held (as f32), for memory reports.
+    pub fn f32_bytes(&self) -> usize {
+        self.vals.iter().flatten().map(Val::f32_bytes).sum()
+    }
+}
+
+/// Observes a run piece by piece (progress, memory sampling).
+pub trait Observer {
+    /// Called after each piece of a forward (`backward = false`) or backward walk.
+    fn after_piece(&mut self, _name: &str, _backward: bool) {}
+}
+
+impl Observer for () {}
+
+impl<'a> Tape<'a> {
+    /// An empty tape whose piece names start with `prefix.` (e.g. `unet.`).
+    pub fn new(prefix: &str) -> Self {
+        Self { prefix: format!("{prefix}."), ..Self::default() }
+    }
+
+    /// A new input slot.
+    pub fn input(&mut self) -> Slot {
+        let s = self.slots;
+        self.slots += 1;
+        self.inputs.push(s);
+        s
+    }
+
+    /// Appends a piece reading `inputs` and writing `n_out` new slots, which it returns.
+    pub fn piece(
+        &mut self,
+        name: impl Into<String>,
+        inputs: &[Slot],
+        n_out: usize,
+        f: impl Fn(&[Val]) -> Vec<Val> + 'a,
+    ) -> Vec<Slot> {
+        let outputs: Vec<Slot> = (self.slots..self.slots + n_out).collect();
+        self.slots += n_out;
+        self.pieces.push(Piece { name: format!("{}{}", self.prefix, name.into()), inputs: inputs.to_vec(), outputs: outputs.clone(), f: Box::new(f) });
+        outputs
+    }
+
+    /// [`piece`](Self::piece) with one output.
+    pub fn piece1(&mut self, name: impl Into<String>, inputs: &[Slot], f: impl Fn(&[Val]) -> Val + 'a) -> Slot {
+        self.piece(name, inputs, 1, move |v| vec![f(v)])[0]
+    }
+
+    /// The pieces, in execution order.
+    pub fn pieces(&self) -> &[Piece<'a>] {
+        &self.pieces
+    }
+
+    /// Runs the tape on `inputs` (slot, value). With `keep_all`, every slot stays (the
+    /// boundaries for [`backward`](Self::backward)); otherwise each slot is dropped after its
+    /// last reader, except those in `keep`.
+    pub fn forward(
+        &self,
+        inputs: Vec<(Slot, Val)>,
+        keep_all: bool,
+        keep: &[Slot],
+        obs: &mut dyn Observer,
+    ) -> Values {
+        let mut vals: Vec<Option<Val>> = vec![None; self.slots];
+        for (s, v) in inputs {
+            vals[s] = Some(v);
+        }
+        let mut last_use = vec![None::<usize>; self.slots];
+        for (i, p) in self.pieces.iter().enumerate() {
+            for &s in &p.inputs {
+                last_use[s] = Some(i);
+            }
+        }
+        for (i, p) in self.pieces.iter().enumerate() {
+            let args: Vec<Val> = p
+                .inputs
+                .iter()
+                .map(|&s| vals[s].clone().unwrap_or_else(|| panic!("piece {} reads slot {s} before it is set", p.name)))
+                .collect();
+            let outs = (p.f)(&args);
+            assert_eq!(outs.len(), p.outputs.len(), "piece {} returned the wrong number of outputs", p.name);
+            drop(args);
+            for (&s, v) in p.outputs.iter().zip(outs) {
+                vals[s] = Some(v);
+            }
+            if !keep_all {
+                for &s in &p.inputs {
+                    if last_use[s] == Some(i) && !keep.contains(&s) {
+                        vals[s] = None;
+                    }
+                }
+            }
+            obs.after_piece(&p.name, false);
+        }
+        Values { vals }
+    }
+
+    /// Exact backward walk. `saved` must come from [`forward`](Self::forward) with
+    /// `keep_all`; `out_grads` are ∂L/∂(output slots); returns ∂L/∂(each slot in `wrt`), or
+    /// `None` where no gradient reaches it. Pieces are recomputed one at a time under autodiff;
+    /// the kept values are consumed as the walk passes them (pass `saved` by value).
+    pub fn backward(
+        &self,
+        mut saved: Values,
+        out_grads: Vec<(Slot, Val)>,
+        wrt: &[Slot],
+        obs: &mut dyn Observer,
+    ) -> Result<Vec<Option<Val>>> {
+        // Which slots need a gradient: those in `wrt` and everything computed from them.
+        let mut needs = vec![false; self.slots];
+        for &s in wrt {
+            needs[s] = true;
+        }
+        for p in &self.pieces {
+            if p.inputs.iter().any(|&s| needs[s]) {
+                for &s in &p.outputs {
+                    needs[s] = true;
+                }
+            }
+        }
+        let mut grads: Vec<Option<Val>> = vec![None; self.slots];
+        for (s, g) in out_grads {
+            grads[s] = Some(g.plain());
+        }
+        for p in self.pieces.iter().rev() {
+            let out_g: Vec<(usize, Val)> =
+                p.outputs.iter().enumerate().filter_map(|(i, &s)| grads[s].take().map(|g| (i, g))).collect();
+            let wants: Vec<bool> = p.inputs.iter().map(|&s| needs[s]).collect();
+            if out_g.is_empty() || !wants.iter().any(|&w| w) {
+                obs.after_piece(&p.name, true);
+                continue;
+            }
+            let args: Vec<Val> = p
+                .inputs
+                .iter()
+                .zip(&wants)
+                .map(|(&s, &w)| {
+                    let v = saved
+                        .get(s)
+                        .ok_or_else(|| Error::Device(format!("piece {}: slot {s} was not kept", p.name)))?;
+                    Ok(if w { v.leaf() } else { v.plain() })
+                })
+                .collect::<Result<_>>()?;
+            let outs = (p.f)(&args);
+            let surrogate = out_g
+                .iter()
+                .map(|(i, g)| outs[*i].dot(g))
+                .reduce(|a, b| a + b)
+                .expect("at least one output gradient");
+            drop(outs);
+            let g = surrogate.backward();
+            for ((&s, a), &w) in p.inputs.iter().zip(&args).zip(&wants) {
+                if !w {
+                    continue;
+                }
+                if let Some(gi) = a.grad(&g) {
+                    grads[s] = Some(match grads[s].take() {
+                        Some(prev) => prev.add(gi),
+                        None => gi,
+                    });
+                }
+            }
+            // Boundaries produced by this piece are no longer needed.
+            for &s in &p.outputs {
+                if !wrt.contains(&s) {
+                    saved.take(s);
+                }
+            }
+            obs.after_piece(&p.name, true);
+        }
+        Ok(wrt.iter().map(|&s| grads[s].take()).collect())
+    }
+}

@@ -1,0 +1,219 @@
+//! Native transports and cache for the shared loader: HTTP(S) with `Range` (ureq), a local
+//! directory, and a shard cache directory keyed by SHA-256.
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use super::loader::{FetchError, ShardCache, Transport};
+use crate::{Error, Result};
+
+/// HTTP(S) via ureq; `Range: bytes=N-` for resumes; a server that answers a range request with
+/// the whole body (200) is skipped forward.
+pub struct HttpTransport {
+    agent: ureq::Agent,
+}
+
+impl Default for HttpTransport {
+    fn default() -> Self {
+        let config = ureq::Agent::config_builder()
+            .timeout_connect(Some(std::time::Duration::from_secs(15)))
+            .timeout_recv_body(Some(std::time::Duration::from_secs(60)))
+            .http_status_as_error(false)
+            .build();
+        Self { agent: config.into() }
+    }
+}
+
+impl Transport for HttpTransport {
+    async fn get(&mut self, url: &str, start: u64, sink: &mut dyn FnMut(&[u8])) -> Result<(), FetchError> {
+        let mut req = self.agent.get(url);
+        if start > 0 {
+            req = req.header("Range", &format!("bytes={start}-"));
+        }
+        let resp = req.call().map_err(|e| FetchError::Network(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let mut skip = match status {
+            206 => 0,
+            200 => start,
+            s => return Err(FetchError::Status(s)),
+        };
+        let mut body = resp.into_body();
+        let mut reader = body.as_reader();
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            let n = reader.read(&mut buf).map_err(|e| FetchError::Network(e.to_string()))?;
+            if n == 0 {
+                return Ok(());
+            }
+            let chunk = &buf[..n];
+            if skip >= n as u64 {
+                skip -= n as u64;
+                continue;
+            }
+            sink(&chunk[skip as usize..]);
+            skip = 0;
+        }
+    }
+
+    async fn sleep_ms(&mut self, ms: u64) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
+/// Files of a local directory (the "URL" is a path).
+#[derive(Default)]
+pub struct FileTransport;
+
+impl Transport for FileTransport {
+    async fn get(&mut self, url: &str, start: u64, sink: &mut dyn FnMut(&[u8])) -> Result<(), FetchError> {
+        use std::io::{Seek, SeekFrom};
+        let mut f = std::fs::File::open(url).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => FetchError::Status(404),
+            _ => FetchError::Network(format!("{url}: {e}")),
+        })?;
+        f.seek(SeekFrom::Start(start)).map_err(|e| FetchError::Network(e.to_string()))?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).map_err(|e| FetchError::Network(e.to_string()))?;
+            if n == 0 {
+                return Ok(());
+            }
+            sink(&buf[..n]);
+        }
+    }
+
+    async fn sleep_ms(&mut self, ms: u64) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
+/// HTTP for `http(s)://` bases, files otherwise.
+pub enum AnyTransport {
+    /// HTTP(S).
+    Http(HttpTransport),
+    /// Local files.
+    File(FileTransport),
+}
+
+impl AnyTransport {
+    /// The transport for a base URL or directory.
+    pub fn for_base(base: &str) -> Self {
+        if base.starts_with("http://") || base.starts_with("https://") {
+            AnyTransport::Http(HttpTransport::default())
+        } else {
+            AnyTransport::File(FileTransport)
+        }
+    }
+}
+
+impl Transport for AnyTransport {
+    async fn get(&mut self, url: &str, start: u64, sink: &mut dyn FnMut(&[u8])) -> Result<(), FetchError> {
+        match self {
+            AnyTransport::Http(t) => t.get(url, start, sink).await,
+            AnyTransport::File(t) => t.get(url, start, sink).await,
+        }
+    }
+    async fn sleep_ms(&mut self, ms: u64) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
+/// Verified shards in a directory, one file `<sha256>.bin` each (written atomically).
+pub struct DirCache {
+    dir: PathBuf,
+}
+
+impl DirCache {
+    /// A cache in `dir` (created when needed).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+    /// The default cache: `$DREAMDIST_CACHE/weights` or `~/.cache/dreamdist/weights`.
+    pub fn default_dir() -> PathBuf {
+        if let Ok(d) = std::env::var("DREAMDIST_CACHE") {
+            return Path::new(&d).join("weights");
+        }
+        let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
+        Path::new(&home).join(".cache/dreamdist/weights")
+    }
+    fn path(&self, sha: &str) -> Result<PathBuf> {
+        if !super::manifest::is_sha256_hex(sha) {
+            return Err(Error::Weights(format!("{sha:?} is not a SHA-256")));
+        }
+        Ok(self.dir.join(format!("{sha}.bin")))
+    }
+    /// Cached shards: (sha256, bytes).
+    pub fn list(&self) -> Result<Vec<(String, u64)>> {
+        let mut out = vec![];
+        let Ok(rd) = std::fs::read_dir(&self.dir) else { return Ok(out) };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if let Some(sha) = name.strip_suffix(".bin")
+                && super::manifest::is_sha256_hex(sha)
+            {
+                out.push((sha.to_string(), e.metadata().map(|m| m.len()).unwrap_or(0)));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+impl ShardCache for DirCache {
+    async fn get(&mut self, sha256: &str) -> Result<Option<Vec<u8>>> {
+        match std::fs::read(self.path(sha256)?) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(format!("reading the shard cache {}", self.dir.display()), e)),
+        }
+    }
+    async fn put(&mut self, sha256: &str, bytes: &[u8]) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(format!("creating {}", self.dir.display()), e))?;
+        let path = self.path(sha256)?;
+        let tmp = path.with_extension("part");
+        std::fs::write(&tmp, bytes).map_err(|e| {
+            Error::io(format!("writing {} ({} bytes) to the shard cache", tmp.display(), bytes.len()), e)
+        })?;
+        std::fs::rename(&tmp, &path).map_err(|e| Error::io(format!("renaming {}", tmp.display()), e))
+    }
+    async fn remove(&mut self, sha256: &str) -> Result<()> {
+        match std::fs::remove_file(self.path(sha256)?) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("deleting a cached shard", e)),
+        }
+    }
+}
+
+/// Writes shards into a directory (the converter's sink).
+pub struct DirSink {
+    /// Output directory.
+    pub dir: PathBuf,
+}
+
+impl super::convert::ShardSink for DirSink {
+    async fn write(&mut self, file: &str, bytes: &[u8]) -> Result<()> {
+        let p = self.dir.join(file);
+        std::fs::write(&p, bytes).map_err(|e| Error::io(format!("writing {}", p.display()), e))
+    }
+}
+
+/// Reads a manifest from a base URL or directory.
+pub async fn fetch_manifest(transport: &mut AnyTransport, base: &str) -> Result<super::manifest::Manifest> {
+    let url = super::loader::join(base, "manifest.json");
+    let mut bytes = vec![];
+    let mut too_big = false;
+    transport
+        .get(&url, 0, &mut |c| {
+            if bytes.len() + c.len() > super::manifest::MAX_MANIFEST_BYTES {
+                too_big = true;
+            } else {
+                bytes.extend_from_slice(c);
+            }
+        })
+        .await
+        .map_err(|e| Error::Weights(format!("{url}: {e}")))?;
+    if too_big {
+        return Err(Error::Weights(format!("{url}: larger than {} bytes", super::manifest::MAX_MANIFEST_BYTES)));
+    }
+    super::manifest::Manifest::from_json(&bytes).map_err(|e| Error::Weights(format!("{url}: {e}")))
+}
