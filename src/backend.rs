@@ -95,12 +95,20 @@ impl AdapterInfo {
 
 /// Initialises burn's wgpu runtime asynchronously (the only way in a browser) and reports the
 /// adapter. The device requests the adapter's own limits and features.
+///
+/// The runtime can be registered once per process: later calls return the same device.
 pub async fn wgpu_device_async() -> Result<(Device, AdapterInfo)> {
+    static DEVICE: std::sync::Mutex<Option<(Device, AdapterInfo)>> = std::sync::Mutex::new(None);
+    if let Some(d) = DEVICE.lock().map_err(|_| Error::Device("device lock poisoned".into()))?.clone() {
+        return Ok(d);
+    }
     let (device, setup) = Device::wgpu_options()
         .init_with_setup_async()
         .await
         .map_err(|e| Error::Device(format!("WebGPU/wgpu initialisation failed: {e}")))?;
-    Ok((device, AdapterInfo::from_setup(&setup)))
+    let d = (device, AdapterInfo::from_setup(&setup));
+    *DEVICE.lock().map_err(|_| Error::Device("device lock poisoned".into()))? = Some(d.clone());
+    Ok(d)
 }
 
 /// Native: the CPU device (burn's `flex` backend).

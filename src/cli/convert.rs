@@ -91,7 +91,7 @@ pub fn run(a: ConvertArgs) -> anyhow::Result<()> {
     let mut sink = DirSink { dir: a.out.clone() };
     let [s0, s1, s2] = &mut srcs;
     let mut last = String::new();
-    let manifest = block_on(convert(&spec, a.quant, [s0, s1, s2], &mut sink, &desc, |c, i, n| {
+    let manifest = block_on(convert(&dreamdist::backend::cpu_device(), &spec, a.quant, [s0, s1, s2], &mut sink, &desc, |c, i, n| {
         if c != last {
             eprintln!("convert: {c} ({n} tensors)");
             last = c.to_string();

@@ -1260,8 +1260,8 @@ mod tests {
         };
         assert!(matches!(with("format", "dreamdust".into()), FileError::WrongFormat { found } if found == "dreamdust"));
         assert!(matches!(with("format", 3.into()), FileError::WrongFormat { .. }));
-        let e = with("version", 2.into());
-        assert_eq!(e, FileError::NewerVersion { found: 2, supported: 1 });
+        let e = with("version", 3.into());
+        assert_eq!(e, FileError::NewerVersion { found: 3, supported: 2 });
         assert!(e.to_string().contains("made by a newer dreamdist"), "{e}");
         assert_eq!(with("version", 0.into()), FileError::BadVersion { found: 0 });
         assert!(matches!(with("version", "1".into()), FileError::BadHeader(_)));
@@ -1271,7 +1271,7 @@ mod tests {
         h["version"] = 7.into();
         h["brand_new_field"] = true.into();
         assert!(matches!(DistFile::from_bytes(&raw_file(&h, &t)), Err(FileError::NewerVersion { found: 7, .. })));
-        // Unknown and missing fields in a version-1 header.
+        // Unknown and missing fields in a current header.
         assert!(matches!(with("brand_new_field", true.into()), FileError::BadHeader(_)));
         let mut h = h0.clone();
         h.as_object_mut().unwrap().remove("train");
@@ -1369,6 +1369,33 @@ mod tests {
         let (mut h, t) = explode(&f.to_bytes().unwrap());
         h["thumbnails"] = 17.into();
         assert!(matches!(DistFile::from_bytes(&raw_file(&h, &t)), Err(FileError::BadThumbnail { .. })));
+    }
+
+    /// A file written by format 1 (before identities and recipes) still loads, and its model is
+    /// checked by the old file hash where the loaded model knows it, or accepted with a note.
+    #[test]
+    fn format_1_files_still_load() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/ddist/format1-checkpoint.ddist");
+        let f = DistFile::from_bytes(&std::fs::read(path).unwrap()).unwrap();
+        assert_eq!((f.model.identity.as_ref(), f.train.recipe.as_ref()), (None, None));
+        let mut loaded = f.model.clone();
+        loaded.identity = Some("12".repeat(32));
+        loaded.text_encoder_sha256 = String::new();
+        let note = f.check_model(&loaded).unwrap().expect("a note about the old identity");
+        assert!(note.contains("older dreamdist") && note.contains("ababababab"), "{note}");
+        loaded.text_encoder_sha256 = f.model.text_encoder_sha256.clone();
+        assert_eq!(f.check_model(&loaded).unwrap(), None);
+        loaded.text_encoder_sha256 = "cd".repeat(32);
+        assert!(matches!(f.check_model(&loaded), Err(FileError::ModelMismatch { .. })));
+        // Identities decide when both files know them.
+        let mut g = f.clone();
+        g.model.identity = Some("12".repeat(32));
+        loaded.text_encoder_sha256 = String::new();
+        assert_eq!(g.check_model(&loaded).unwrap(), None);
+        loaded.identity = Some("34".repeat(32));
+        assert!(matches!(g.check_model(&loaded), Err(FileError::ModelMismatch { .. })));
+        let back = DistFile::from_bytes(&g.to_bytes().unwrap()).unwrap();
+        assert_eq!(back.model.identity, g.model.identity);
     }
 
     #[test]

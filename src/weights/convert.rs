@@ -108,12 +108,16 @@ pub trait ShardSink {
     async fn write(&mut self, file: &str, bytes: &[u8]) -> Result<()>;
 }
 
-/// The parameter inventory of a component of `spec`.
-pub fn component_inventory(spec: &ModelSpec, component: &str) -> Vec<(String, Vec<usize>, Role, Init)> {
+/// The parameter inventory of a component of `spec` (placeholders on `device`).
+pub fn component_inventory(
+    spec: &ModelSpec,
+    component: &str,
+    device: &burn::tensor::Device,
+) -> Vec<(String, Vec<usize>, Role, Init)> {
     match component {
-        "text_encoder" => super::inventory(|vb| ClipTextEncoder::new(vb, &spec.clip)),
-        "unet" => super::inventory(|vb| UNet::new(vb, &spec.unet)),
-        "vae" => super::inventory(|vb| Vae::new(vb, &spec.vae)),
+        "text_encoder" => super::inventory_on(device, |vb| ClipTextEncoder::new(vb, &spec.clip)),
+        "unet" => super::inventory_on(device, |vb| UNet::new(vb, &spec.unet)),
+        "vae" => super::inventory_on(device, |vb| Vae::new(vb, &spec.vae)),
         _ => vec![],
     }
 }
@@ -166,6 +170,7 @@ impl<S: ShardSink> ShardWriter<'_, S> {
 /// Converts a model: `sources` gives each component's tensors (in `manifest::COMPONENTS`
 /// order); the shards go to `sink`; returns the manifest (not yet written).
 pub async fn convert<S: ShardSink, T: TensorSource>(
+    device: &burn::tensor::Device,
     spec: &ModelSpec,
     quant: Quant,
     sources: [&mut T; 3],
@@ -178,7 +183,7 @@ pub async fn convert<S: ShardSink, T: TensorSource>(
     let mut components = BTreeMap::new();
     let mut identity = None;
     for (component, src) in manifest::COMPONENTS.iter().zip(sources) {
-        let inv = component_inventory(spec, component);
+        let inv = component_inventory(spec, component, device);
         let mut totals = ComponentTotals::default();
         let mut w = ShardWriter {
             sink: &mut *sink,

@@ -199,13 +199,19 @@ impl ParamSource for Inventory {
     }
 }
 
-/// The parameter inventory of a constructor: builds nothing on any device.
-pub fn inventory<M>(build: impl FnOnce(&Vb) -> M) -> Vec<(String, Vec<usize>, Role, Init)> {
+/// The parameter inventory of a constructor (one-element placeholders on `device`).
+pub fn inventory_on<M>(device: &Device, build: impl FnOnce(&Vb) -> M) -> Vec<(String, Vec<usize>, Role, Init)> {
     let src = Rc::new(RefCell::new(Inventory::default()));
-    let vb = Vb { src: src.clone(), prefix: String::new(), device: Device::default(), dry: true };
+    let vb = Vb { src: src.clone(), prefix: String::new(), device: device.clone(), dry: true };
     drop(build(&vb));
     drop(vb);
     std::mem::take(&mut src.borrow_mut().entries)
+}
+
+/// [`inventory_on`] with placeholders on the CPU backend (native).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn inventory<M>(build: impl FnOnce(&Vb) -> M) -> Vec<(String, Vec<usize>, Role, Init)> {
+    inventory_on(&crate::backend::cpu_device(), build)
 }
 
 /// Transposes a row-major `[rows, cols]` matrix.

@@ -1,0 +1,222 @@
+//! Converted models (manifest + shards): every storage scheme loads and computes within its
+//! expected error of f32, on the CPU backend and on native wgpu (lavapipe here); hostile
+//! manifests and shards are refused with clear errors.
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Tensor;
+use dreamdist::backend::{self, BackendKind, block_on, read, tensor};
+use dreamdist::model::{ClipConfig, ModelSpec, StableDiffusion, VaeConfig};
+use dreamdist::weights::convert::{CheckpointSource, Quant, convert};
+use dreamdist::weights::loader::{NoCache, Retry, load_shards};
+use dreamdist::weights::manifest::Manifest;
+use dreamdist::weights::native::{AnyTransport, DirSink, fetch_manifest};
+use dreamdist::weights::{ManifestSource, RandomSource};
+
+fn fixtures() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny"))
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("dreamdist-weights-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Converts the tiny fixtures into `dir` with `quant`.
+fn convert_tiny(dir: &Path, quant: Quant) -> Manifest {
+    let r = |f: &str| std::fs::read(fixtures().join(f)).unwrap();
+    let mut t = CheckpointSource::new(r("text_encoder.safetensors"), ClipConfig::key_rewrites()).unwrap();
+    let mut u = CheckpointSource::new(r("unet.safetensors"), &[]).unwrap();
+    let mut v = CheckpointSource::new(r("vae.safetensors"), VaeConfig::key_rewrites()).unwrap();
+    let mut sink = DirSink { dir: dir.to_path_buf() };
+    let m = block_on(convert(&backend::cpu_device(), &ModelSpec::tiny(), quant, [&mut t, &mut u, &mut v], &mut sink, "tiny fixtures", |_, _, _| {}))
+        .unwrap();
+    std::fs::write(dir.join("manifest.json"), m.to_json().unwrap()).unwrap();
+    m
+}
+
+fn load(dir: &Path, device: &burn::tensor::Device) -> dreamdist::Result<StableDiffusion> {
+    let base = dir.display().to_string();
+    let mut tr = AnyTransport::for_base(&base);
+    let m = block_on(fetch_manifest(&mut tr, &base))?;
+    let mut src = ManifestSource::new(m, device);
+    block_on(load_shards(
+        &mut src,
+        &base,
+        &dreamdist::weights::manifest::COMPONENTS,
+        &mut tr,
+        &mut NoCache,
+        Retry { attempts: 2, backoff_ms: 1, corrupt: 0 },
+        &mut |_| {},
+        &|| false,
+    ))?;
+    StableDiffusion::from_manifest_source(&mut src, device)
+}
+
+/// Text, UNet and VAE outputs on fixed inputs, flattened.
+fn outputs(sd: &StableDiffusion) -> [Vec<f32>; 3] {
+    let device = sd.device();
+    let tok = dreamdist::tokenizer::ClipTokenizer::sd2().unwrap();
+    let ids = vec![tok.encode("a small red circle on a blue background").unwrap()];
+    let text = sd.text.forward(&ids, &device).unwrap();
+    let x = tensor((0..4 * 64).map(|i| (i as f32 * 0.37).sin()).collect(), [1, 4, 8, 8], &device);
+    let unet = sd.unet.forward(x.clone(), &[321.0], &text);
+    let img = sd.vae.decode(x);
+    [block_on(read(text)).unwrap(), block_on(read(unet)).unwrap(), block_on(read(img)).unwrap()]
+}
+
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    let max_ref = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max) / max_ref
+}
+
+#[test]
+fn every_scheme_loads_and_stays_within_its_error() {
+    let device = backend::cpu_device();
+    let reference = StableDiffusion::from_dir(ModelSpec::tiny(), fixtures(), &device).unwrap();
+    let want = outputs(&reference);
+    // Expected relative error of the outputs (text, unet, vae) per scheme.
+    for (quant, tol) in [(Quant::F32, 0.0), (Quant::F16, 2e-3), (Quant::Q8, 3e-2), (Quant::Q4, 0.35)] {
+        let dir = tmp(quant.name());
+        let m = convert_tiny(&dir, quant);
+        let sd = load(&dir, &device).unwrap();
+        assert_eq!(sd.identity, reference.identity, "{}: identity must survive conversion", quant.name());
+        assert_eq!(m.identity.text_encoder, reference.identity);
+        let got = outputs(&sd);
+        let errs: Vec<f32> = got.iter().zip(&want).map(|(g, w)| rel_err(g, w)).collect();
+        eprintln!("{}: {} bytes; relative error text {:.2e}, unet {:.2e}, vae {:.2e}", quant.name(), m.total_bytes, errs[0], errs[1], errs[2]);
+        for e in &errs {
+            assert!(*e <= tol, "{}: relative error {e:.3e} above {tol:e}", quant.name());
+        }
+        // The fixtures are stored in f16, so f32 and f16 conversions are lossless; q8/q4 are not.
+        if matches!(quant, Quant::Q8 | Quant::Q4) {
+            assert!(errs.iter().any(|&e| e > 0.0), "{}: a lossy scheme cannot be exact", quant.name());
+        }
+        let back = Manifest::from_json(&m.to_json().unwrap()).unwrap();
+        assert_eq!(back, m);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
+
+/// A q8 model computes the same on native wgpu (lavapipe) as on the CPU backend: the quantized
+/// matmul, dequantized convolutions, host-side embedding and chunked attention on a GPU path.
+#[test]
+fn q8_model_on_wgpu_matches_cpu() {
+    let dir = tmp("q8-wgpu");
+    convert_tiny(&dir, Quant::Q8);
+    let cpu = load(&dir, &backend::cpu_device()).unwrap();
+    let (gpu_device, info) = backend::device(BackendKind::Wgpu).expect("native wgpu (lavapipe: scripts/setup.sh)");
+    let gpu = load(&dir, &gpu_device).unwrap();
+    eprintln!("wgpu adapter: {} ({})", info.name, info.graphics_api);
+    let (a, b) = (outputs(&cpu), outputs(&gpu));
+    for round in 0..2 {
+        let c = outputs(&gpu);
+        for (i, name) in ["text", "unet", "vae"].iter().enumerate() {
+            let e = rel_err(&c[i], &a[i]);
+            eprintln!("round {round} {name}: wgpu vs cpu relative error {e:.2e}");
+            assert!(e <= 1e-4, "{name}: wgpu differs from cpu by {e:.3e}");
+            assert_eq!(c[i], b[i], "{name}: wgpu results must repeat exactly");
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn random_weights_convert_like_the_in_memory_random_model() {
+    let device = backend::cpu_device();
+    let dir = tmp("random");
+    let mut s = [RandomSource::new(5), RandomSource::new(6), RandomSource::new(7)];
+    let [a, b, c] = &mut s;
+    let mut sink = DirSink { dir: dir.clone() };
+    let m = block_on(convert(&backend::cpu_device(), &ModelSpec::tiny(), Quant::F32, [a, b, c], &mut sink, "random", |_, _, _| {})).unwrap();
+    std::fs::write(dir.join("manifest.json"), m.to_json().unwrap()).unwrap();
+    let loaded = load(&dir, &device).unwrap();
+    let mem = StableDiffusion::random(ModelSpec::tiny(), &device, 5);
+    assert_eq!(outputs(&loaded), outputs(&mem));
+    assert_eq!(loaded.identity, mem.identity);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Hostile or damaged manifests and shards give clear errors, never panics.
+#[test]
+fn hostile_manifests_and_shards_are_refused() {
+    let device = backend::cpu_device();
+    let dir = tmp("hostile");
+    let m = convert_tiny(&dir, Quant::Q8);
+    let json = m.to_json().unwrap();
+    let expect = |bytes: &[u8], what: &str| {
+        let e = Manifest::from_json(bytes).unwrap_err().to_string();
+        assert!(e.contains(what), "expected {what:?} in: {e}");
+    };
+    expect(b"{not json", "not JSON");
+    expect(&vec![b' '; 17 << 20], "over the");
+    let mut v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    let edit = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut w = v.clone();
+        f(&mut w);
+        serde_json::to_vec(&w).unwrap()
+    };
+    expect(&edit(&|w| w["format"] = "other".into()), "format");
+    expect(&edit(&|w| w["version"] = 9.into()), "newer dreamdist");
+    expect(&edit(&|w| w["shards"][0]["file"] = "../../etc/passwd".into()), "plain file name");
+    expect(&edit(&|w| w["shards"][0]["file"] = "/abs/x.bin".into()), "plain file name");
+    expect(&edit(&|w| w["shards"][0]["sha256"] = "xyz".into()), "sha256");
+    expect(&edit(&|w| w["shards"][0]["bytes"] = (1u64 << 40).into()), "bytes");
+    expect(&edit(&|w| w["tensors"][0]["name"] = "text_encoder/../../x".into()), "component/name");
+    expect(&edit(&|w| w["tensors"][0]["parts"][0]["offset"] = (1u64 << 33).into()), "outside shard");
+    expect(&edit(&|w| w["tensors"][0]["shape"] = serde_json::json!([1usize << 20, 1usize << 20])), "out of range");
+    expect(&edit(&|w| w["model"]["unet"]["block_out_channels"] = serde_json::json!([4096, 4096])), "model spec");
+    expect(&edit(&|w| w["total_bytes"] = 1.into()), "total_bytes");
+    v["tensors"][1]["parts"] = v["tensors"][0]["parts"].clone();
+    let overlap = serde_json::to_vec(&v).unwrap();
+    assert!(Manifest::from_json(&overlap).is_err());
+
+    // Damaged shards: a flipped byte, a truncated file, a missing file.
+    let shard = dir.join(&m.shards[0].file);
+    let good = std::fs::read(&shard).unwrap();
+    let mut flipped = good.clone();
+    flipped[good.len() / 2] ^= 0x40;
+    std::fs::write(&shard, &flipped).unwrap();
+    let e = load(&dir, &device).unwrap_err().to_string();
+    assert!(e.contains("does not match its manifest") && e.contains(&m.shards[0].file), "{e}");
+    std::fs::write(&shard, &good[..good.len() - 10]).unwrap();
+    let e = load(&dir, &device).unwrap_err().to_string();
+    assert!(e.contains(&m.shards[0].file), "{e}");
+    std::fs::remove_file(&shard).unwrap();
+    let e = load(&dir, &device).unwrap_err().to_string();
+    assert!(e.contains("404") || e.contains("does not have"), "{e}");
+    std::fs::write(&shard, &good).unwrap();
+    load(&dir, &device).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn banded_vae_and_chunked_attention_equal_the_plain_computation() {
+    use dreamdist::model::MemPlan;
+    use dreamdist::model::nn::{attention, attention_chunked};
+    let device = backend::cpu_device();
+    let sd = StableDiffusion::from_dir(ModelSpec::tiny(), fixtures(), &device).unwrap();
+    let mut rng = dreamdist::rng::Rng::new(4);
+    let img: Tensor<4> = tensor(rng.uniform_vec(3 * 32 * 48, -1.0, 1.0), [1, 3, 32, 48], &device);
+    let z: Tensor<4> = tensor(rng.normal_vec(4 * 16 * 24), [1, 4, 16, 24], &device);
+    let big = MemPlan { max_block_bytes: 1 << 30 };
+    let tiny = MemPlan { max_block_bytes: 16 << 10 };
+    let e0 = sd.vae.encode_planned(img.clone(), &big);
+    let e1 = sd.vae.encode_planned(img, &tiny);
+    let d0 = block_on(read(sd.vae.decode_planned(z.clone(), &big))).unwrap();
+    let d1 = block_on(read(sd.vae.decode_planned(z, &tiny))).unwrap();
+    let (m0, m1) = (block_on(read(e0.mean)).unwrap(), block_on(read(e1.mean)).unwrap());
+    eprintln!("banded vs whole: encode {:.2e}, decode {:.2e}", rel_err(&m1, &m0), rel_err(&d1, &d0));
+    assert!(rel_err(&m1, &m0) < 1e-5 && rel_err(&d1, &d0) < 1e-5);
+    // Attention in query blocks (causal too) equals one block.
+    for causal in [false, true] {
+        let q: Tensor<3> = tensor(rng.normal_vec(2 * 50 * 16), [2, 50, 16], &device);
+        let k: Tensor<3> = tensor(rng.normal_vec(2 * 50 * 16), [2, 50, 16], &device);
+        let v: Tensor<3> = tensor(rng.normal_vec(2 * 50 * 16), [2, 50, 16], &device);
+        let whole = block_on(read(attention(q.clone(), k.clone(), v.clone(), 4, causal))).unwrap();
+        let plan = MemPlan { max_block_bytes: 2 * 4 * 50 * 4 * 7 };
+        let chunked = block_on(read(attention_chunked(q, k, v, 4, causal, &plan))).unwrap();
+        assert!(rel_err(&chunked, &whole) < 1e-6, "causal {causal}: {}", rel_err(&chunked, &whole));
+    }
+}
