@@ -93,6 +93,51 @@ impl AdapterInfo {
     }
 }
 
+/// What a GPU cannot do for dreamdist, in words (empty when nothing is missing): checked at
+/// start-up so the page can warn early and say what to do.
+pub fn limits_report(info: &AdapterInfo) -> Vec<String> {
+    let mut out = vec![];
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    let binding = info.max_storage_buffer_binding_size.min(info.max_buffer_size);
+    if binding < (128 << 20) {
+        out.push(format!(
+            "This GPU allows only {:.0} MiB per buffer binding (WebGPU's default is 128 MiB): the full Stable \
+             Diffusion 2.1 models cannot load their largest weights (a 1280×2560×3×3 convolution is 118 MB in f32). \
+             The demo model works.",
+            mib(binding)
+        ));
+    }
+    if !info.shader_f16 {
+        out.push(
+            "No 16-bit float support in shaders (WebGPU `shader-f16`): everything is computed in 32-bit floats, \
+             which is exact but slower and uses more memory. Chrome or Edge on a recent GPU driver usually has it."
+                .into(),
+        );
+    }
+    if !info.subgroups {
+        out.push(
+            "No subgroup operations (WebGPU `subgroups`): the fastest matrix kernels are not used; results are the \
+             same, only slower."
+                .into(),
+        );
+    }
+    if info.max_compute_workgroup_storage_size < 16 << 10 {
+        out.push(format!(
+            "Only {} bytes of workgroup memory: some kernels fall back to slower versions.",
+            info.max_compute_workgroup_storage_size
+        ));
+    }
+    if info.device_type == "Cpu" {
+        out.push(
+            "The WebGPU adapter is a CPU emulation (no hardware GPU in use): the demo model works, the full \
+             models are very slow. Enable hardware acceleration in the browser settings, or chrome://flags \
+             #enable-unsafe-webgpu on Linux."
+                .into(),
+        );
+    }
+    out
+}
+
 /// Initialises burn's wgpu runtime asynchronously (the only way in a browser) and reports the
 /// adapter. The device requests the adapter's own limits and features.
 ///

@@ -52,7 +52,16 @@ pub fn preprocess_with(bytes: &[u8], resolution: usize, long_factor: usize, name
     limits.max_image_height = Some(MAX_SIDE);
     limits.max_alloc = Some(MAX_PIXELS * 4 * 2);
     reader.limits(limits);
-    let img = reader.decode().map_err(|e| Error::Invalid(format!("{name}: cannot decode: {e}")))?;
+    let mut decoder = reader.into_decoder().map_err(|e| Error::Invalid(format!("{name}: cannot decode: {e}")))?;
+    let orientation = {
+        use image::ImageDecoder;
+        decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms)
+    };
+    let mut img = image::DynamicImage::from_decoder(decoder)
+        .map_err(|e| Error::Invalid(format!("{name}: cannot decode: {e}")))?;
+    // Photos carry their rotation in EXIF: apply it, as viewers do.
+    img.apply_orientation(orientation);
+    let (w, h) = (img.width(), img.height());
     let rgba = img.to_rgba8();
     // Composite alpha on white.
     let mut rgb = image::RgbImage::new(w, h);
@@ -105,6 +114,15 @@ pub fn load_for_training(
     };
     let (v, h, w) = preprocess_with(bytes, resolution, factor, name)?;
     Ok(tensor(v, [1, 3, h, w], device))
+}
+
+/// The PNG text chunks describing how an image was made: `Software` and `dreamdist` (the
+/// parameters as JSON). The CLI and the page write the same keys.
+pub fn png_text(params: &serde_json::Value) -> Vec<(String, String)> {
+    vec![
+        ("Software".into(), format!("dreamdist {}", env!("CARGO_PKG_VERSION"))),
+        ("dreamdist".into(), params.to_string()),
+    ]
 }
 
 /// Encodes RGB bytes as PNG with `tEXt` chunks (key, value) describing how it was made.

@@ -47,10 +47,16 @@ impl std::fmt::Display for FetchError {
 /// Fetches bytes (HTTP, a directory, the browser's `fetch`).
 #[allow(async_fn_in_trait)]
 pub trait Transport {
-    /// GETs `url` from byte `start` (a `Range` request when `start > 0`) and passes the body to
-    /// `sink` chunk by chunk. When the server ignores the range and sends the whole body, the
-    /// transport skips the first `start` bytes itself.
-    async fn get(&mut self, url: &str, start: u64, sink: &mut dyn FnMut(&[u8])) -> Result<(), FetchError>;
+    /// GETs bytes `start..end` of `url` (`end = None`: to the end; a `Range` request unless the
+    /// whole body is asked for) and passes them to `sink` chunk by chunk. When the server
+    /// ignores the range and sends the whole body, the transport skips and trims it itself.
+    async fn get(
+        &mut self,
+        url: &str,
+        start: u64,
+        end: Option<u64>,
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), FetchError>;
     /// Waits (retry backoff).
     async fn sleep_ms(&mut self, ms: u64);
 }
@@ -257,7 +263,7 @@ async fn fetch_shard<T: Transport, C: ShardCache>(
                     progress(&mk("download", meter, comp.0 + buf.len() as u64));
                 }
             };
-            transport.get(&url, start, &mut sink).await
+            transport.get(&url, start, None, &mut sink).await
         };
         match res {
             Ok(()) if !overflow && buf.len() as u64 == shard.bytes => {

@@ -12,6 +12,8 @@
 //! Device layouts (see [`manifest::Layout`]): linear weights are `[in, out]` (a forward is one
 //! matmul, quantized weights stay packed); convolution weights are `[O, I·k·k]` (dequantized per
 //! call when quantized); the token embedding is a [`HostTable`] that never goes to the GPU.
+#[cfg(target_arch = "wasm32")]
+pub mod browser;
 pub mod convert;
 pub mod identity;
 pub mod loader;
@@ -19,6 +21,7 @@ pub mod manifest;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native;
 pub mod quant;
+pub mod remote;
 mod safetensors_source;
 
 use std::cell::RefCell;

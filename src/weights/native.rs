@@ -24,10 +24,18 @@ impl Default for HttpTransport {
 }
 
 impl Transport for HttpTransport {
-    async fn get(&mut self, url: &str, start: u64, sink: &mut dyn FnMut(&[u8])) -> Result<(), FetchError> {
+    async fn get(
+        &mut self,
+        url: &str,
+        start: u64,
+        end: Option<u64>,
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), FetchError> {
         let mut req = self.agent.get(url);
-        if start > 0 {
-            req = req.header("Range", &format!("bytes={start}-"));
+        match end {
+            Some(e) => req = req.header("Range", &format!("bytes={start}-{}", e.saturating_sub(1))),
+            None if start > 0 => req = req.header("Range", &format!("bytes={start}-")),
+            None => {}
         }
         let resp = req.call().map_err(|e| FetchError::Network(e.to_string()))?;
         let status = resp.status().as_u16();
@@ -36,21 +44,28 @@ impl Transport for HttpTransport {
             200 => start,
             s => return Err(FetchError::Status(s)),
         };
+        let mut left = end.map(|e| e.saturating_sub(start));
         let mut body = resp.into_body();
-        let mut reader = body.as_reader();
+        let mut reader = body.with_config().limit(u64::MAX).reader();
         let mut buf = vec![0u8; 256 << 10];
         loop {
             let n = reader.read(&mut buf).map_err(|e| FetchError::Network(e.to_string()))?;
-            if n == 0 {
+            if n == 0 || left == Some(0) {
                 return Ok(());
             }
-            let chunk = &buf[..n];
+            let mut chunk = &buf[..n];
             if skip >= n as u64 {
                 skip -= n as u64;
                 continue;
             }
-            sink(&chunk[skip as usize..]);
+            chunk = &chunk[skip as usize..];
             skip = 0;
+            if let Some(l) = left.as_mut() {
+                let take = (*l).min(chunk.len() as u64) as usize;
+                chunk = &chunk[..take];
+                *l -= take as u64;
+            }
+            sink(chunk);
         }
     }
 
@@ -64,21 +79,31 @@ impl Transport for HttpTransport {
 pub struct FileTransport;
 
 impl Transport for FileTransport {
-    async fn get(&mut self, url: &str, start: u64, sink: &mut dyn FnMut(&[u8])) -> Result<(), FetchError> {
+    async fn get(
+        &mut self,
+        url: &str,
+        start: u64,
+        end: Option<u64>,
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), FetchError> {
         use std::io::{Seek, SeekFrom};
         let mut f = std::fs::File::open(url).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => FetchError::Status(404),
             _ => FetchError::Network(format!("{url}: {e}")),
         })?;
         f.seek(SeekFrom::Start(start)).map_err(|e| FetchError::Network(e.to_string()))?;
+        let mut left = end.map(|e| e.saturating_sub(start)).unwrap_or(u64::MAX);
         let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf).map_err(|e| FetchError::Network(e.to_string()))?;
+        while left > 0 {
+            let want = (buf.len() as u64).min(left) as usize;
+            let n = f.read(&mut buf[..want]).map_err(|e| FetchError::Network(e.to_string()))?;
             if n == 0 {
-                return Ok(());
+                break;
             }
             sink(&buf[..n]);
+            left -= n as u64;
         }
+        Ok(())
     }
 
     async fn sleep_ms(&mut self, ms: u64) {
@@ -106,10 +131,16 @@ impl AnyTransport {
 }
 
 impl Transport for AnyTransport {
-    async fn get(&mut self, url: &str, start: u64, sink: &mut dyn FnMut(&[u8])) -> Result<(), FetchError> {
+    async fn get(
+        &mut self,
+        url: &str,
+        start: u64,
+        end: Option<u64>,
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), FetchError> {
         match self {
-            AnyTransport::Http(t) => t.get(url, start, sink).await,
-            AnyTransport::File(t) => t.get(url, start, sink).await,
+            AnyTransport::Http(t) => t.get(url, start, end, sink).await,
+            AnyTransport::File(t) => t.get(url, start, end, sink).await,
         }
     }
     async fn sleep_ms(&mut self, ms: u64) {
@@ -203,7 +234,7 @@ pub async fn fetch_manifest(transport: &mut AnyTransport, base: &str) -> Result<
     let mut bytes = vec![];
     let mut too_big = false;
     transport
-        .get(&url, 0, &mut |c| {
+        .get(&url, 0, None, &mut |c| {
             if bytes.len() + c.len() > super::manifest::MAX_MANIFEST_BYTES {
                 too_big = true;
             } else {

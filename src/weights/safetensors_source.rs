@@ -20,7 +20,8 @@ pub enum KeyRewrite {
 }
 
 impl KeyRewrite {
-    fn apply(&self, key: &str) -> String {
+    /// The rewritten key.
+    pub fn apply(&self, key: &str) -> String {
         match self {
             KeyRewrite::StripPrefix(p) => key.strip_prefix(p).unwrap_or(key).to_string(),
             KeyRewrite::Segment(from, to) => key.replace(from, to),
