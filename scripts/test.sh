@@ -10,6 +10,11 @@ export DREAMDIST_CACHE="${DREAMDIST_CACHE:-$HOME/.cache/dreamdist}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$DREAMDIST_CACHE/target}"
 export DREAMDIST_BIN="${DREAMDIST_BIN:-$CARGO_TARGET_DIR/release/dreamdist}"
 
+if [ -n "${DREAMDIST_SKIP_WGPU:-}" ]; then
+  echo "test: DREAMDIST_SKIP_WGPU is no longer honoured: the GPU-path tests always run (lavapipe: scripts/setup.sh installs it)" >&2
+  exit 2
+fi
+
 names=()
 secs=()
 current=""

@@ -62,8 +62,8 @@ fn cfg(steps: u64) -> TrainConfig {
     TrainConfig { k: 4, m: 2, samples: 2, steps, lr: 5e-3, resolution: 16, seed: 7, ..TrainConfig::default() }
 }
 
-/// Mean denoising loss of the fitted Gaussian over a fixed held-out set of (image, t, ε, ω)
-/// draws that training never sees (a separate seed).
+/// Mean denoising loss of the fitted Gaussian on `imgs` over fixed (t, ε, ω) draws from a seed
+/// training never uses.
 fn held_out_loss(sd: &StableDiffusion, g: &PromptGaussian, imgs: &[Tensor<4>]) -> f32 {
     let schedule = NoiseSchedule::sd21();
     let mut rng = Rng::new(999);
@@ -90,7 +90,9 @@ fn training_learns_prompts_and_leaves_every_weight_bit_identical() {
     let sd = tiny();
     let tok = ClipTokenizer::sd2().unwrap();
     let before = block_on(sd.weights_fingerprint()).unwrap();
-    let imgs = images(&sd, 4);
+    // Five images of one look: four to train on, the fifth held out for evaluation.
+    let all = images(&sd, 5);
+    let (imgs, held_out) = all.split_at(4);
     let train = |imgs: &[Tensor<4>]| {
         let mut t = block_on(Trainer::new(TrainConfig { lr: 2e-2, ..cfg(200) }, &sd, &tok, imgs)).unwrap();
         while t.step < t.cfg.steps {
@@ -101,23 +103,23 @@ fn training_learns_prompts_and_leaves_every_weight_bit_identical() {
     };
     let untrained_t = block_on(Trainer::new(cfg(1), &sd, &tok, &imgs)).unwrap();
     let v0 = block_on(read(untrained_t.prompts())).unwrap();
-    let untrained = held_out_loss(&sd, &untrained_t.gaussian(&sd, &tok, &Template::bare()).unwrap(), &imgs);
-    let trainer = train(&imgs);
-    let trained = held_out_loss(&sd, &trainer.gaussian(&sd, &tok, &Template::bare()).unwrap(), &imgs);
-    // The same training on a different look (blue checkerboards), evaluated on the stripes.
+    let untrained = held_out_loss(&sd, &untrained_t.gaussian(&sd, &tok, &Template::bare()).unwrap(), held_out);
+    let trainer = train(imgs);
+    let trained = held_out_loss(&sd, &trainer.gaussian(&sd, &tok, &Template::bare()).unwrap(), held_out);
+    // The same training on a different look (blue checkerboards), evaluated on the held-out stripe.
     let other = train(&load_all(&sd, reference_set(4, true)));
-    let other_loss = held_out_loss(&sd, &other.gaussian(&sd, &tok, &Template::bare()).unwrap(), &imgs);
+    let other_loss = held_out_loss(&sd, &other.gaussian(&sd, &tok, &Template::bare()).unwrap(), held_out);
     eprintln!(
-        "held-out denoising loss on the stripes: untrained {untrained:.5}, trained on stripes {trained:.5} ({:.1}% lower), trained on checkerboards {other_loss:.5}",
+        "denoising loss on the held-out stripe image: untrained {untrained:.5}, trained on the other four stripes {trained:.5} ({:.1}% lower), trained on checkerboards {other_loss:.5}",
         100.0 * (1.0 - trained / untrained)
     );
-    // The tiny random UNet lets the conditioning explain only a few percent of the loss
-    // (measured: 4.3% after 400 steps, 3.5% after 150 at lr 5e-3), so the bar is 2.5%, and the
-    // improvement must be specific to the training images.
-    assert!(trained < 0.975 * untrained, "training should lower the held-out loss by >2.5%: {untrained} → {trained}");
+    // The tiny random UNet lets the conditioning explain only a few percent of the loss, so the
+    // bar is modest (see the measured numbers printed above), and the improvement must be
+    // specific to the look: a distribution learned on checkerboards does worse on the stripe.
+    assert!(trained < 0.98 * untrained, "training should lower the held-out loss by >2%: {untrained} → {trained}");
     assert!(
         trained < other_loss,
-        "a distribution learned on other images must do worse on these: {trained} vs {other_loss}"
+        "a distribution learned on another look must do worse on the held-out image: {trained} vs {other_loss}"
     );
     let v1 = block_on(read(trainer.prompts())).unwrap();
     assert_ne!(v0, v1, "V must change");
@@ -201,14 +203,23 @@ fn shared_file_round_trip_and_model_check() {
 fn textual_inversion_mode_trains_one_prompt() {
     let sd = tiny();
     let tok = ClipTokenizer::sd2().unwrap();
-    let imgs = images(&sd, 2);
-    let c = TrainConfig { k: 1, mode: Mode::TextualInversion, ..cfg(3) };
+    let imgs = images(&sd, 4);
+    let c = TrainConfig { k: 1, mode: Mode::TextualInversion, lr: 2e-2, ..cfg(150) };
     let mut t = block_on(Trainer::new(c, &sd, &tok, &imgs)).unwrap();
-    for _ in 0..3 {
+    let v0 = block_on(read(t.prompts())).unwrap();
+    let g0 = t.gaussian(&sd, &tok, &Template::bare()).unwrap();
+    let before = held_out_loss(&sd, &g0, &imgs);
+    while t.step < t.cfg.steps {
         let s = block_on(t.step(&sd)).unwrap();
         assert_eq!(s.ortho, 0.0);
     }
+    let v1 = block_on(read(t.prompts())).unwrap();
+    let moved = v0.iter().zip(&v1).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(moved > 1e-2, "V must move: max |ΔV| = {moved}");
     let g = t.gaussian(&sd, &tok, &Template::bare()).unwrap();
+    let after = held_out_loss(&sd, &g, &imgs);
+    eprintln!("textual inversion: denoising loss on the training images {before:.5} → {after:.5}");
+    assert!(after < before, "the loss must fall: {before} → {after}");
     assert!(block_on(read(g.sigma)).unwrap().iter().all(|&s| s == 0.0));
     assert!(
         block_on(Trainer::new(TrainConfig { k: 4, mode: Mode::TextualInversion, ..cfg(1) }, &sd, &tok, &imgs)).is_err()
@@ -238,15 +249,15 @@ fn image_loader_rejects_bad_input_clearly() {
     assert!(ok.iter().all(|&v| v == -1.0));
 }
 
-/// The memory-bounding split of a step (UNet samples one at a time, prompts re-encoded in
-/// chunks) gives the same update as one unchunked pass.
+/// The memory-bounding split of a step (UNet items one or two at a time) gives the same update
+/// as one unchunked pass.
 #[test]
 fn chunked_step_equals_unchunked_step() {
     use dreamdist::train::Chunking;
     let sd = tiny();
     let tok = ClipTokenizer::sd2().unwrap();
     let imgs = images(&sd, 2);
-    let c = TrainConfig { k: 5, samples: 3, ..cfg(2) };
+    let c = TrainConfig { k: 5, samples: 3, images_per_step: 2, ..cfg(2) };
     let run = |chunking: Chunking| {
         let mut t = block_on(Trainer::new(c.clone(), &sd, &tok, &imgs)).unwrap();
         t.set_chunking(chunking);
@@ -264,4 +275,73 @@ fn chunked_step_equals_unchunked_step() {
             assert!((a.loss - b.loss).abs() <= 1e-5 * a.loss.abs(), "{chunking:?}: {a:?} vs {b:?}");
         }
     }
+}
+
+/// The authors' recipe (several images per step from a shuffled epoch, random crops, AdamW,
+/// Min-SNR, gradient clipping) is reproducible and resumes exactly, epoch order included.
+#[test]
+fn authors_recipe_resumes_exactly() {
+    let sd = tiny();
+    let tok = ClipTokenizer::sd2().unwrap();
+    // Non-square images so random crops have room (16×24 → 8×12 latents, squares of 8).
+    let imgs: Vec<Tensor<4>> = (0..3)
+        .map(|i| {
+            let mut rng = Rng::new(40 + i);
+            tensor(rng.uniform_vec(3 * 16 * 24, -1.0, 1.0), [1, 3, 16, 24], &sd.device())
+        })
+        .collect();
+    let c = TrainConfig { k: 4, m: 2, samples: 2, resolution: 16, seed: 5, images_per_step: 2, steps: 6, ..TrainConfig::authors() };
+    let run = |steps: u64| {
+        let mut t = block_on(Trainer::new(c.clone(), &sd, &tok, &imgs)).unwrap();
+        for _ in 0..steps {
+            block_on(t.step(&sd)).unwrap();
+        }
+        t
+    };
+    let full = run(6);
+    let half = run(3);
+    let file = DistFile::from_bytes(
+        &block_on(dist_file(&half, &sd, "ckpt", Precision::F32, true)).unwrap().to_bytes().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(file.train.recipe.as_deref(), Some("authors"));
+    let mut resumed = block_on(Trainer::new(c.clone(), &sd, &tok, &imgs)).unwrap();
+    restore_from_file(&mut resumed, &file).unwrap();
+    while resumed.step < 6 {
+        block_on(resumed.step(&sd)).unwrap();
+    }
+    assert_eq!(block_on(read(full.prompts())).unwrap(), block_on(read(resumed.prompts())).unwrap());
+    assert_eq!(full.losses, resumed.losses);
+}
+
+#[test]
+fn recipes_carry_their_settings() {
+    use dreamdist::distribution::{OrthoForm, SigmaEstimate};
+    use dreamdist::train::{Crop, Optimizer, Recipe};
+    let p = TrainConfig::paper();
+    assert_eq!(
+        (p.recipe, p.lambda, p.steps, p.images_per_step, p.optimizer, p.min_snr_gamma, p.crop, p.sigma, p.ortho_form),
+        (Recipe::Paper, 5e-3, 1500, 1, Optimizer::Adam, None, Crop::Center, SigmaEstimate::Population, OrthoForm::AbsPairs)
+    );
+    let a = TrainConfig::authors();
+    assert_eq!(
+        (a.recipe, a.lambda, a.steps, a.images_per_step, a.optimizer, a.min_snr_gamma, a.crop, a.sigma, a.ortho_form),
+        (
+            Recipe::Authors,
+            1e-3,
+            2000,
+            4,
+            Optimizer::AdamW { weight_decay: 1e-2 },
+            Some(5.0),
+            Crop::Random,
+            SigmaEstimate::Unbiased,
+            OrthoForm::SquaredOrdered
+        )
+    );
+    assert_eq!(a.grad_clip, Some(1.0));
+    // A configuration saved before recipes existed reads as the paper's.
+    let old = serde_json::json!({"k": 32, "m": 4, "samples": 4, "lambda": 0.005, "lr": 0.001, "steps": 1500,
+        "resolution": 512, "seed": 0, "template": "{}", "ortho": "eos", "mode": "dream-distribution", "init_word": null});
+    let cfg: TrainConfig = serde_json::from_value(old).unwrap();
+    assert_eq!(cfg, TrainConfig::paper());
 }

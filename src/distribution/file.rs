@@ -1309,7 +1309,7 @@ mod tests {
             other => panic!("expected InvalidField, got {other:?}"),
         };
         type Edit = fn(&mut DistFile);
-        let cases: [(&str, Edit); 13] = [
+        let cases: [(&str, Edit); 15] = [
             ("train.template", |g| g.train.template = "a photo".into()),
             ("train.template", |g| g.train.template = "{} and {}".into()),
             ("train.template", |g| g.train.template = format!("{{}}{}", "x".repeat(1000))),
@@ -1323,6 +1323,8 @@ mod tests {
             ("model.id", |g| g.model.id = "SD21".into()),
             ("model.id", |g| g.model.id = String::new()),
             ("model.text_encoder_sha256", |g| g.model.text_encoder_sha256 = "xyz".into()),
+            ("model.identity", |g| g.model.identity = Some("AB".repeat(32))),
+            ("train.recipe", |g| g.train.recipe = Some("mine".into())),
         ];
         for (field, edit) in cases {
             let mut g = base.clone();
@@ -1336,7 +1338,11 @@ mod tests {
             h["model"] = serde_json::to_value(&g.model).unwrap();
             h["train"] = serde_json::to_value(&g.train).unwrap();
             let e = DistFile::from_bytes(&raw_file(&h, &t)).unwrap_err();
-            if !g.train.lr.is_nan() {
+            if g.train.lr.is_nan() {
+                // JSON has no NaN: serde_json writes `null`, which the header's schema refuses.
+                assert_eq!(h["train"]["lr"], serde_json::Value::Null);
+                assert!(matches!(&e, FileError::BadHeader(m) if m.contains("null")), "{field}: {e}");
+            } else {
                 assert!(matches!(e, FileError::InvalidField { field: f, .. } if f == field), "{field}: {e}");
             }
         }
