@@ -3,6 +3,7 @@ mod bench;
 mod common;
 mod convert;
 mod demo;
+mod eval;
 mod parity;
 mod sample;
 mod train;
@@ -45,6 +46,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Convert a model to dreamdist's manifest + shards (quantized, for streaming and the browser).
     Convert(convert::ConvertArgs),
+    /// Evaluate the demo model: quality gate on held-out captions and the paper's claims in
+    /// miniature (markdown + PNG sheets).
+    Eval(eval::EvalArgs),
     /// Write samples of the demo data set (images, tokenized captions, attributes) to a file.
     DemoData(demo::DataArgs),
     /// Read the attributes of demo images in a file (JSON to stdout).
@@ -90,6 +94,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::Parity(a) => parity::run(a),
         Command::Convert(a) => convert::run(a),
+        Command::Eval(a) => eval::run(a),
         Command::DemoData(a) => demo::data(a),
         Command::DemoRead(a) => demo::read(a),
     }

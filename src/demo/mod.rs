@@ -4,6 +4,7 @@
 //! The demo model (`ModelSpec::demo()`) is a small SD 2.x-architecture model trained from
 //! scratch on these scenes by `scripts/demo/train_demo.py`; it ships with the page so that a
 //! first visit, a classroom or a laptop without a big GPU can train and sample in seconds.
+pub mod eval;
 pub mod reader;
 pub mod scene;
 
