@@ -98,13 +98,30 @@ fn train_sample_mix_edit_and_resume() {
     assert_eq!((sheet.width(), sheet.height()), (2 * 16 + 3 * 4, 4 * 16 + 5 * 4));
 
     // Mixing two distributions (weights normalised), with a mixing strip.
-    let mix = d.join("mix");
-    let mut c = bin();
-    c.args(["sample", "--model", "tiny", "--weights", weights(), "--dist"]).arg(format!("{}:0.3", a.display()));
-    c.arg("--dist").arg(format!("{}:0.7", b.display()));
-    c.args(["--n", "1", "--steps", "2", "--size", "16", "--sheet", "--out"]).arg(&mix);
-    let (ok, log) = run(&mut c);
-    assert!(ok && mix.join("0000.png").exists() && mix.join("sheet.png").exists(), "{log}");
+    let c_dist = d.join("c.ddist");
+    let (ok, log) = train(&d.join("imgs"), &c_dist, &["--seed", "9"]);
+    assert!(ok, "{log}");
+    let sample = |dists: &[String], out: &Path| {
+        let mut c = bin();
+        c.args(["sample", "--model", "tiny", "--weights", weights()]);
+        for dd in dists {
+            c.arg("--dist").arg(dd);
+        }
+        c.args(["--n", "1", "--steps", "2", "--size", "16", "--seed", "4", "--sheet", "--out"]).arg(out);
+        let (ok, log) = run(&mut c);
+        assert!(ok && out.join("0000.png").exists() && out.join("sheet.png").exists(), "{log}");
+        image::load_from_memory(&std::fs::read(out.join("0000.png")).unwrap()).unwrap().to_rgb8().into_raw()
+    };
+    let a_only = sample(&[a.display().to_string()], &d.join("a-only"));
+    let c_only = sample(&[c_dist.display().to_string()], &d.join("c-only"));
+    let mixed = sample(&[format!("{}:0.3", a.display()), format!("{}:0.7", c_dist.display())], &d.join("mix"));
+    assert_ne!(a_only, c_only, "two distributions should give different images from the same seed");
+    assert_ne!(mixed, a_only, "a 0.3/0.7 mixture differs from either part");
+    // α = 1 for the first gives exactly the first distribution's image (and α = 0 the second's).
+    let all_a = sample(&[format!("{}:1", a.display()), format!("{}:0", c_dist.display())], &d.join("mix-a"));
+    let all_c = sample(&[format!("{}:0", a.display()), format!("{}:1", c_dist.display())], &d.join("mix-c"));
+    assert_eq!(all_a, a_only, "α = 1 must equal the single distribution's image");
+    assert_eq!(all_c, c_only, "α = 0 must equal the other distribution's image");
 }
 
 #[test]
@@ -138,4 +155,12 @@ fn bad_input_gets_clear_errors() {
     c.args(["sample", "--model", "tiny", "--weights", weights(), "--dist", "x.ddist", "--scheduler", "nope"]);
     let (ok, log) = run(&mut c);
     assert!(!ok && log.contains("unknown scheduler"), "{log}");
+
+    // An image size the architecture cannot take is refused up front, with the rule and a fix.
+    let (ok, log) = train(&d.join("imgs"), &d.join("z.ddist"), &["--resolution", "18"]);
+    assert!(!ok && log.contains("multiple of 4") && log.contains("try 16"), "{log}");
+    let sd21 = dreamdist::model::ModelSpec::sd21();
+    let e = sd21.check_size(520).unwrap_err().to_string();
+    assert!(e.contains("multiple of 64") && e.contains("try 512"), "{e}");
+    sd21.check_size(512).unwrap();
 }
