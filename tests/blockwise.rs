@@ -206,7 +206,7 @@ fn blockwise_unet_equals_one_graph_across_levels_and_chunks() {
     let leaf = ctx.clone().autodiff().require_grad();
     let out = unet.forward_planned(x.clone().autodiff(), &ts, &leaf, &MemPlan::cpu(), &mut ());
     let g_ref = block_on(read(leaf.grad(&(out * r.clone()).sum().backward()).unwrap())).unwrap();
-    for plan in [MemPlan::cpu(), MemPlan { max_block_bytes: 12 << 10 }] {
+    for plan in [MemPlan::cpu(), MemPlan::blocks(12 << 10)] {
         let (tape, _) = unet.tape(2, 12, 12, &plan);
         let chunked = tape.pieces().iter().filter(|p| p.name.contains(".core")).count();
         let (_, g) = unet.context_vjp(x.clone(), &ts, ctx.clone(), |_| r.clone(), &plan, &mut ()).unwrap();
@@ -214,7 +214,7 @@ fn blockwise_unet_equals_one_graph_across_levels_and_chunks() {
         eprintln!("plan {} KiB ({chunked} attention pieces): block-wise vs one graph {e:.2e}", plan.max_block_bytes >> 10);
         assert!(e < 1e-5, "{e}");
     }
-    let (small_tape, _) = unet.tape(2, 12, 12, &MemPlan { max_block_bytes: 12 << 10 });
+    let (small_tape, _) = unet.tape(2, 12, 12, &MemPlan::blocks(12 << 10));
     assert!(small_tape.pieces().iter().any(|p| p.name.contains(".core1")), "attention was not split");
     assert!(small_tape.pieces().iter().any(|p| p.name.contains(".ff1")), "the feed-forward was not split");
 }

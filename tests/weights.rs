@@ -61,7 +61,7 @@ fn outputs(sd: &StableDiffusion) -> [Vec<f32>; 3] {
     let ids = vec![tok.encode("a small red circle on a blue background").unwrap()];
     let text = sd.text.forward(&ids, &device).unwrap();
     let x = tensor((0..4 * 64).map(|i| (i as f32 * 0.37).sin()).collect(), [1, 4, 8, 8], &device);
-    let unet = sd.unet.forward(x.clone(), &[321.0], &text);
+    let unet = sd.unet.forward_planned(x.clone(), &[321.0], &text, &sd.plan, &mut ());
     let img = sd.vae.decode(x);
     [block_on(read(text)).unwrap(), block_on(read(unet)).unwrap(), block_on(read(img)).unwrap()]
 }
@@ -119,6 +119,15 @@ fn q8_model_on_wgpu_matches_cpu() {
             assert_eq!(c[i], b[i], "{name}: wgpu results must repeat exactly");
         }
     }
+    // The f16 path (lavapipe has f16): the UNet in half precision with f32 statistics and
+    // attention logits stays within 1% of f32.
+    assert!(info.shader_f16, "lavapipe should offer f16");
+    let mut gpu16 = gpu;
+    gpu16.plan.precision = dreamdist::model::nn::Precision::F16;
+    let h = outputs(&gpu16);
+    let e = rel_err(&h[1], &a[1]);
+    eprintln!("f16 UNet on wgpu vs f32 on cpu: relative error {e:.2e}");
+    assert!(e <= 1e-2 && e > 0.0, "f16 UNet: {e:.3e}");
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -200,8 +209,8 @@ fn banded_vae_and_chunked_attention_equal_the_plain_computation() {
     let mut rng = dreamdist::rng::Rng::new(4);
     let img: Tensor<4> = tensor(rng.uniform_vec(3 * 32 * 48, -1.0, 1.0), [1, 3, 32, 48], &device);
     let z: Tensor<4> = tensor(rng.normal_vec(4 * 16 * 24), [1, 4, 16, 24], &device);
-    let big = MemPlan { max_block_bytes: 1 << 30 };
-    let tiny = MemPlan { max_block_bytes: 16 << 10 };
+    let big = MemPlan::blocks(1 << 30);
+    let tiny = MemPlan::blocks(16 << 10);
     let e0 = sd.vae.encode_planned(img.clone(), &big);
     let e1 = sd.vae.encode_planned(img, &tiny);
     let d0 = block_on(read(sd.vae.decode_planned(z.clone(), &big))).unwrap();
@@ -215,7 +224,7 @@ fn banded_vae_and_chunked_attention_equal_the_plain_computation() {
         let k: Tensor<3> = tensor(rng.normal_vec(2 * 50 * 16), [2, 50, 16], &device);
         let v: Tensor<3> = tensor(rng.normal_vec(2 * 50 * 16), [2, 50, 16], &device);
         let whole = block_on(read(attention(q.clone(), k.clone(), v.clone(), 4, causal))).unwrap();
-        let plan = MemPlan { max_block_bytes: 2 * 4 * 50 * 4 * 7 };
+        let plan = MemPlan::blocks(2 * 4 * 50 * 4 * 7);
         let chunked = block_on(read(attention_chunked(q, k, v, 4, causal, &plan))).unwrap();
         assert!(rel_err(&chunked, &whole) < 1e-6, "causal {causal}: {}", rel_err(&chunked, &whole));
     }

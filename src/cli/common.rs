@@ -5,6 +5,7 @@ use anyhow::Context;
 use clap::Args;
 use dreamdist::backend::{self, BackendKind, block_on};
 use dreamdist::distribution::file::DistFile;
+use dreamdist::model::nn::Precision;
 use dreamdist::model::{MemPlan, ModelSpec, StableDiffusion};
 use dreamdist::weights::ManifestSource;
 use dreamdist::weights::loader::{LoadReport, Progress, Retry, load_shards};
@@ -38,6 +39,9 @@ pub struct ModelArgs {
     /// WebGPU's default); default: the device's own limit.
     #[arg(long)]
     pub max_binding: Option<u64>,
+    /// Float type of sampling: f32, or f16 (wgpu devices with f16 support; training is f32).
+    #[arg(long, default_value = "f32")]
+    pub precision: String,
 }
 
 /// The bundled demo model (a converted model in the repository).
@@ -132,6 +136,12 @@ impl ModelArgs {
             }
         };
         sd.plan = plan_for(self.backend, &info, self.max_binding);
+        sd.plan.precision = match self.precision.as_str() {
+            "f32" => Precision::F32,
+            "f16" if sd.device().supports_dtype(burn::tensor::DType::F16) => Precision::F16,
+            "f16" => anyhow::bail!("--precision f16: {} has no 16-bit float support", info.name),
+            p => anyhow::bail!("unknown --precision {p:?} (f32 or f16)"),
+        };
         Ok((sd, info))
     }
 }

@@ -8,7 +8,7 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::module::{conv2d, linear};
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::weights::{Init, Vb};
@@ -21,13 +21,16 @@ use crate::weights::{Init, Vb};
 pub struct MemPlan {
     /// Cap for one attention score block / feed-forward chunk / VAE band, in bytes.
     pub max_block_bytes: usize,
+    /// Float type of the UNet's inference (training always computes in f32).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl MemPlan {
     /// For a device whose largest storage binding is `max_binding` bytes.
     pub fn for_binding_limit(max_binding: u64) -> Self {
         let cap = (max_binding / 2).clamp(1 << 20, 512 << 20) as usize;
-        Self { max_block_bytes: cap }
+        Self::blocks(cap)
     }
     /// WebGPU's default limits (128 MiB per binding).
     pub fn webgpu_default() -> Self {
@@ -35,7 +38,11 @@ impl MemPlan {
     }
     /// The CPU backend: memory is plentiful, large blocks are faster.
     pub fn cpu() -> Self {
-        Self { max_block_bytes: 512 << 20 }
+        Self::blocks(512 << 20)
+    }
+    /// A plan with blocks of at most `bytes`, f32.
+    pub fn blocks(bytes: usize) -> Self {
+        Self { max_block_bytes: bytes, precision: Precision::F32 }
     }
     /// How many rows of `row_bytes` fit one block (at least 1).
     pub fn rows(&self, row_bytes: usize) -> usize {
@@ -51,6 +58,58 @@ impl Default for MemPlan {
 
 fn is_quantized<const D: usize>(t: &Tensor<D>) -> bool {
     matches!(t.dtype(), DType::QFloat(_))
+}
+
+/// The float type a computation runs in: the networks follow their input's dtype, so the same
+/// (quantized) weights serve f32 training and f16 sampling on adapters with `shader-f16`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// 32-bit floats everywhere (always available; training uses it).
+    #[default]
+    F32,
+    /// 16-bit activations and dense weights; norms' statistics, attention logits and softmax stay
+    /// f32. Only where the device supports f16 (WebGPU `shader-f16`).
+    F16,
+}
+
+impl Precision {
+    /// burn's float type.
+    pub fn dtype(self) -> FloatDType {
+        match self {
+            Precision::F32 => FloatDType::F32,
+            Precision::F16 => FloatDType::F16,
+        }
+    }
+    /// Casts `x` to this precision (no-op when it already is).
+    pub fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        to_dtype(x, self.dtype())
+    }
+}
+
+fn float_dtype(d: DType) -> FloatDType {
+    match d {
+        DType::F16 => FloatDType::F16,
+        DType::BF16 => FloatDType::BF16,
+        DType::F64 => FloatDType::F64,
+        _ => FloatDType::F32,
+    }
+}
+
+/// `x` in float type `dt` (no-op when it already is).
+pub fn to_dtype<const D: usize>(x: Tensor<D>, dt: FloatDType) -> Tensor<D> {
+    if float_dtype(x.dtype()) == dt && !is_quantized(&x) { x } else { x.cast(dt) }
+}
+
+/// A parameter in the dtype of the activation `like` (dense weights are cast per use, which is
+/// free when they already match).
+fn like<const D: usize, const E: usize>(p: Tensor<D>, like: &Tensor<E>) -> Tensor<D> {
+    to_dtype(p, float_dtype(like.dtype()))
+}
+
+/// Whether `x` is a reduced-precision float (its statistics are then taken in f32).
+fn is_half<const D: usize>(x: &Tensor<D>) -> bool {
+    matches!(x.dtype(), DType::F16 | DType::BF16)
 }
 
 /// Fully connected layer; weight in device layout `[in, out]` (the checkpoint's `[out, in]`,
@@ -76,7 +135,10 @@ impl Linear {
     /// `x @ W + b` over the last dimension (a quantized weight stays packed: burn's `linear`
     /// calls its quantized matmul).
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
+        let w = self.weight.val();
+        let w = if is_quantized(&w) { w } else { like(w, &x) };
+        let b = self.bias.as_ref().map(|b| like(b.val(), &x));
+        linear(x, w, b)
     }
 }
 
@@ -112,24 +174,24 @@ impl Conv2d {
         }
     }
 
-    /// The weight as `[out, in, k, k]` f32 (dequantized when stored quantized).
-    pub fn weight4(&self) -> Tensor<4> {
+    /// The weight as `[out, in, k, k]` in `dt` (dequantized when stored quantized).
+    pub fn weight4(&self, dt: FloatDType) -> Tensor<4> {
         let w = self.weight.val();
         let out = w.dims()[0];
         let w = if is_quantized(&w) { w.dequantize() } else { w };
-        w.reshape([out, self.c_in, self.k, self.k])
+        to_dtype(w, dt).reshape([out, self.c_in, self.k, self.k])
     }
 
     /// Applies the convolution to `[N, C, H, W]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let opts = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
-        conv2d(x, self.weight4(), Some(self.bias.val()), opts)
+        self.forward_padded(x, [(self.padding, self.padding); 2])
     }
 
     /// Applies the convolution with explicit (top/bottom, left/right) padding.
     pub fn forward_padded(&self, x: Tensor<4>, pad: [(usize, usize); 2]) -> Tensor<4> {
         let opts = ConvOptions::new_with_padding([self.stride; 2], pad, [1, 1], 1);
-        conv2d(x, self.weight4(), Some(self.bias.val()), opts)
+        let dt = float_dtype(x.dtype());
+        conv2d(x.clone(), self.weight4(dt), Some(like(self.bias.val(), &x)), opts)
     }
 }
 
@@ -158,21 +220,28 @@ impl GroupNorm {
         }
     }
 
-    /// Per-(sample, group) mean and variance of `[N, C, H, W]`, each `[N, G, 1]`.
+    /// Per-(sample, group) mean and variance of `[N, C, H, W]`, each `[N, G, 1]` (f32 for
+    /// half-precision input).
     pub fn stats(&self, x: Tensor<4>) -> (Tensor<3>, Tensor<3>) {
         let [n, c, h, w] = x.dims();
+        let x = if is_half(&x) { x.cast(FloatDType::F32) } else { x };
         let g = x.reshape([n, self.groups, (c / self.groups) * h * w]);
         let (var, mean) = g.var_mean_bias(2);
         (mean, var)
     }
 
-    /// Normalises with given statistics (from [`stats`](Self::stats), or accumulated over bands).
+    /// Normalises with given statistics (from [`stats`](Self::stats), or accumulated over bands);
+    /// half-precision input is normalised in f32 and returned in its own dtype.
     pub fn apply(&self, x: Tensor<4>, mean: Tensor<3>, var: Tensor<3>) -> Tensor<4> {
         let [n, c, h, w] = x.dims();
-        let g = x.reshape([n, self.groups, (c / self.groups) * h * w]);
-        let g = (g - mean) / (var + self.eps).sqrt();
-        let x = g.reshape([n, c, h, w]);
-        x * self.weight.val().reshape([1, c, 1, 1]) + self.bias.val().reshape([1, c, 1, 1])
+        let dt = float_dtype(x.dtype());
+        let xf = if is_half(&x) { x.cast(FloatDType::F32) } else { x };
+        let g = xf.reshape([n, self.groups, (c / self.groups) * h * w]);
+        let g = (g.clone() - like(mean, &g)) / (like(var, &g) + self.eps).sqrt();
+        let y = g.reshape([n, c, h, w]);
+        let y = y.clone() * like(self.weight.val(), &y).reshape([1, c, 1, 1])
+            + like(self.bias.val(), &y).reshape([1, c, 1, 1]);
+        to_dtype(y, dt)
     }
 
     /// Normalises `[N, C, H, W]`.
@@ -199,11 +268,14 @@ impl LayerNorm {
         Self { weight: vb.vector("weight", dim, Init::Ones), bias: vb.vector("bias", dim, Init::Zeros), eps }
     }
 
-    /// Normalises over the last dimension of `[B, L, D]`.
+    /// Normalises over the last dimension of `[B, L, D]` (statistics in f32 for half input).
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let dt = float_dtype(x.dtype());
+        let x = if is_half(&x) { x.cast(FloatDType::F32) } else { x };
         let (var, mean) = x.clone().var_mean_bias(2);
         let x = (x - mean) / (var + self.eps).sqrt();
-        x * self.weight.val().unsqueeze::<3>() + self.bias.val().unsqueeze::<3>()
+        let y = x.clone() * like(self.weight.val(), &x).unsqueeze::<3>() + like(self.bias.val(), &x).unsqueeze::<3>();
+        to_dtype(y, dt)
     }
 }
 
@@ -227,6 +299,10 @@ pub fn attention_block(
     let [b, lq, dim] = q.dims();
     let lk = k.dims()[1];
     let d = dim / heads;
+    // Logits, softmax and the weighted sum in f32 whatever the activations' dtype.
+    let dt = float_dtype(q.dtype());
+    let f32 = |t: Tensor<3>| if is_half(&t) { t.cast(FloatDType::F32) } else { t };
+    let (q, k, v) = (f32(q), f32(k), f32(v));
     let split = |t: Tensor<3>, l: usize| t.reshape([b, l, heads, d]).swap_dims(1, 2);
     let (q, k, v) = (split(q, lq), split(k, lk), split(v, lk));
     let mut scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (d as f64).sqrt());
@@ -236,7 +312,7 @@ pub fn attention_block(
         scores = scores.mask_fill(mask.unsqueeze::<4>().expand([b, heads, lq, lk]), MASKED_SCORE);
     }
     let out = softmax(scores, 3).matmul(v);
-    out.swap_dims(1, 2).reshape([b, lq, dim])
+    to_dtype(out.swap_dims(1, 2).reshape([b, lq, dim]), dt)
 }
 
 /// Attention over whole sequences in one block (small sequences; tests).

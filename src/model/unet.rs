@@ -609,13 +609,14 @@ impl UNet {
         let [n, _, h, w] = x.dims();
         let (tape, s) = self.tape(n, h, w, plan);
         let t = self.time_proj(timesteps, &x.device());
+        let p = plan.precision;
         let mut vals = tape.forward(
-            vec![(s.x, x.into()), (s.t_proj, t.into()), (s.context, context.clone().into())],
+            vec![(s.x, p.apply(x).into()), (s.t_proj, p.apply(t).into()), (s.context, p.apply(context.clone()).into())],
             false,
             &[s.out],
             obs,
         );
-        vals.take(s.out).expect("output").t4()
+        super::nn::Precision::F32.apply(vals.take(s.out).expect("output").t4())
     }
 
     /// [`forward`](Self::forward), also returning intermediate activations.
