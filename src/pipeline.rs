@@ -191,3 +191,105 @@ pub fn to_rgb(chw: &[f32], width: usize, height: usize) -> RgbImage {
     }
     RgbImage { width, height, pixels }
 }
+
+/// A summary of a tensor for cross-backend comparison: shape, sum, sum of |x|, whether every
+/// value is finite, and values at fixed positions.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Summary {
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Σ x.
+    pub sum: f64,
+    /// Σ |x|.
+    pub sum_abs: f64,
+    /// Every value finite.
+    pub finite: bool,
+    /// Values at 64 evenly spread positions.
+    pub samples: Vec<f32>,
+}
+
+impl Summary {
+    /// Summarises host values.
+    pub fn of(shape: &[usize], v: &[f32]) -> Self {
+        let n = v.len().max(1);
+        Self {
+            shape: shape.to_vec(),
+            sum: v.iter().map(|&x| x as f64).sum(),
+            sum_abs: v.iter().map(|&x| x.abs() as f64).sum(),
+            finite: v.iter().all(|x| x.is_finite()),
+            samples: (0..64).map(|i| v[i * (n - 1) / 63]).collect(),
+        }
+    }
+    /// Largest difference of the sampled values relative to the largest |sample| of `other`,
+    /// and the relative difference of Σ|x|.
+    pub fn compare(&self, other: &Summary) -> (f64, f64) {
+        let scale = other.samples.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-30) as f64;
+        let d = self.samples.iter().zip(&other.samples).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max);
+        (d / scale, (self.sum_abs - other.sum_abs).abs() / other.sum_abs.max(1e-30))
+    }
+}
+
+/// What the full-size proof computed (the browser and the native CPU backend run the same
+/// function on the same shards; see scripts/proofs/).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProofReport {
+    /// Image side.
+    pub size: usize,
+    /// Text encoding of the prompt and of the empty prompt, `[2, 77, H]`.
+    pub text: Summary,
+    /// The guided noise prediction of one UNet step on a batch of 2 (unconditional +
+    /// conditional), `[1, 4, s/8, s/8]`.
+    pub unet: Summary,
+    /// The VAE decode of a fixed latent, `[1, 3, s, s]`.
+    pub decode: Summary,
+    /// Milliseconds per part.
+    pub ms: Vec<(String, f64)>,
+    /// Largest device memory in use seen after each part (bytes), where the backend reports it.
+    pub peak_bytes: Option<u64>,
+}
+
+/// The full-size proof: encode a prompt, one guided UNet step at `size`², decode a latent at
+/// `size`² (inputs from `seed`).
+pub async fn proof(sd: &StableDiffusion, tokenizer: &ClipTokenizer, size: usize, seed: u64) -> Result<ProofReport> {
+    sd.spec.check_size(size)?;
+    let device = sd.device();
+    let mut ms = vec![];
+    let mut peak = None::<u64>;
+    let note = |peak: &mut Option<u64>| {
+        if let Some(u) = device.memory_pool_usage() {
+            *peak = Some(peak.unwrap_or(0).max(u.bytes_in_use));
+        }
+    };
+    let mut t = crate::backend::now_ms();
+    let ids = vec![tokenizer.encode("a photograph of an astronaut riding a horse")?, tokenizer.encode("")?];
+    let ctx = sd.text.forward(&ids, &device)?;
+    let text_v = read(ctx.clone()).await?;
+    note(&mut peak);
+    ms.push(("text encoder".to_string(), crate::backend::now_ms() - t));
+    t = crate::backend::now_ms();
+    let lat = size / sd.spec.vae.downscale();
+    let mut rng = Rng::new(seed);
+    let x = tensor(rng.normal_vec(4 * lat * lat), [1, 4, lat, lat], &device);
+    let both = sd.unet.forward_planned(Tensor::cat(vec![x.clone(), x], 0), &[981.0, 981.0], &ctx, &sd.plan, &mut ());
+    let c = both.clone().narrow(0, 0, 1);
+    let u = both.narrow(0, 1, 1);
+    let guided = u.clone() + (c - u) * 7.5;
+    let unet_v = read(guided).await?;
+    note(&mut peak);
+    ms.push((format!("guided UNet step (batch 2) at {size}²"), crate::backend::now_ms() - t));
+    t = crate::backend::now_ms();
+    let z = tensor(rng.normal_vec(4 * lat * lat), [1, 4, lat, lat], &device);
+    let img = sd.vae.decode_planned(z, &sd.plan);
+    let dec = read(img).await?;
+    note(&mut peak);
+    ms.push((format!("VAE decode at {size}²"), crate::backend::now_ms() - t));
+    let h = sd.spec.clip.hidden_size;
+    Ok(ProofReport {
+        size,
+        text: Summary::of(&[2, crate::tokenizer::MAX_LEN, h], &text_v),
+        unet: Summary::of(&[1, 4, lat, lat], &unet_v),
+        decode: Summary::of(&[1, 3, size, size], &dec),
+        ms,
+        peak_bytes: peak,
+    })
+}

@@ -5,6 +5,7 @@ mod convert;
 mod demo;
 mod eval;
 mod parity;
+mod proof;
 mod sample;
 mod train;
 
@@ -49,6 +50,8 @@ enum Command {
     /// Evaluate the demo model: quality gate on held-out captions and the paper's claims in
     /// miniature (markdown + PNG sheets).
     Eval(eval::EvalArgs),
+    /// The full-size proof's computation on this backend, as JSON (reference for the browser).
+    Proof(proof::ProofArgs),
     /// Write samples of the demo data set (images, tokenized captions, attributes) to a file.
     DemoData(demo::DataArgs),
     /// Read the attributes of demo images in a file (JSON to stdout).
@@ -95,6 +98,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Parity(a) => parity::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Proof(a) => proof::run(a),
         Command::DemoData(a) => demo::data(a),
         Command::DemoRead(a) => demo::read(a),
     }
