@@ -2,6 +2,7 @@
 mod bench;
 mod common;
 mod convert;
+mod crosscheck;
 mod demo;
 mod eval;
 mod parity;
@@ -47,6 +48,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Convert a model to dreamdist's manifest + shards (quantized, for streaming and the browser).
     Convert(convert::ConvertArgs),
+    /// One training step on the CPU backend and on native wgpu, compared (opt-in proof).
+    Crosscheck(crosscheck::CrosscheckArgs),
     /// Evaluate the demo model: quality gate on held-out captions and the paper's claims in
     /// miniature (markdown + PNG sheets).
     Eval(eval::EvalArgs),
@@ -98,6 +101,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Parity(a) => parity::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Crosscheck(a) => crosscheck::run(a),
         Command::Proof(a) => proof::run(a),
         Command::DemoData(a) => demo::data(a),
         Command::DemoRead(a) => demo::read(a),
