@@ -354,7 +354,7 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--chunk", type=int, default=16384)
     p.add_argument("--chunks", type=int, default=12)
-    p.add_argument("--ae-steps", type=int, default=2500)
+    p.add_argument("--ae-steps", type=int, default=4500)
     p.add_argument("--ae-batch", type=int, default=32)
     p.add_argument("--ae-lr", type=float, default=1e-3)
     p.add_argument("--steps", type=int, default=5000)
