@@ -1,4 +1,5 @@
 //! The DreamDistribution method: prompt set, Gaussian, sampling, mixing, file format.
+pub mod export;
 pub mod file;
 pub mod gaussian;
 pub mod prompt;
