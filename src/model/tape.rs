@@ -89,6 +89,10 @@ impl Val {
     pub fn f32_bytes(&self) -> usize {
         self.dims().iter().product::<usize>() * 4
     }
+    /// Cast to a float type.
+    pub fn cast(self, dt: burn::tensor::FloatDType) -> Val {
+        on_val!(self, t => t.clone().cast(dt))
+    }
     /// This value as a fresh autodiff leaf that requires its gradient.
     fn leaf(&self) -> Val {
         on_val!(self, t => t.clone().without_autodiff().autodiff().require_grad())

@@ -609,14 +609,18 @@ impl UNet {
         let [n, _, h, w] = x.dims();
         let (tape, s) = self.tape(n, h, w, plan);
         let t = self.time_proj(timesteps, &x.device());
-        let p = plan.precision;
+        // Half precision only when the plan asks for it; otherwise the input's own dtype.
+        let half = plan.precision == super::nn::Precision::F16;
+        let dt = x.dtype();
+        let cast = |v: Val| if half { v.cast(burn::tensor::FloatDType::F16) } else { v };
         let mut vals = tape.forward(
-            vec![(s.x, p.apply(x).into()), (s.t_proj, p.apply(t).into()), (s.context, p.apply(context.clone()).into())],
+            vec![(s.x, cast(x.into())), (s.t_proj, cast(t.into())), (s.context, cast(context.clone().into()))],
             false,
             &[s.out],
             obs,
         );
-        super::nn::Precision::F32.apply(vals.take(s.out).expect("output").t4())
+        let out = vals.take(s.out).expect("output").t4();
+        if half { out.cast(dt) } else { out }
     }
 
     /// [`forward`](Self::forward), also returning intermediate activations.
