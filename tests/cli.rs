@@ -99,7 +99,7 @@ fn train_sample_mix_edit_and_resume() {
 
     // Mixing two distributions (weights normalised), with a mixing strip.
     let c_dist = d.join("c.ddist");
-    let (ok, log) = train(&d.join("imgs"), &c_dist, &["--seed", "9"]);
+    let (ok, log) = train(&d.join("imgs"), &c_dist, &["--lr", "0.05", "--lambda", "0.5"]);
     assert!(ok, "{log}");
     let sample = |dists: &[String], out: &Path| {
         let mut c = bin();
