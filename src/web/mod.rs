@@ -137,6 +137,10 @@ struct SampleRequest {
     size: Option<usize>,
     /// Use prompt k's encoding itself (no sampling) instead of the Gaussian.
     prompt: Option<usize>,
+    /// Draw condition i from its own generator `condSeeds[i]` and the starting noise from a
+    /// fresh generator `seeds[i]`, so the condition and the noise vary apart (without it, as in
+    /// the CLI, one generator per seed draws the condition and then the noise).
+    cond_seeds: Option<Vec<u64>>,
 }
 
 #[derive(Serialize)]
@@ -566,7 +570,15 @@ impl Engine {
             }
             let refs: Vec<(&PromptGaussian, f32)> = parts.iter().map(|(g, w)| (g, *w)).collect();
             let g = PromptGaussian::mix(&refs, req.rule).map_err(js_err)?;
-            rngs.iter_mut().map(|r| crate::pipeline::sample_condition(&g, req.gamma, r)).collect()
+            match &req.cond_seeds {
+                Some(cs) if cs.len() != req.seeds.len() => {
+                    return Err(js_err("give one condSeed per seed"));
+                }
+                Some(cs) => {
+                    cs.iter().map(|&c| crate::pipeline::sample_condition(&g, req.gamma, &mut Rng::new(c))).collect()
+                }
+                None => rngs.iter_mut().map(|r| crate::pipeline::sample_condition(&g, req.gamma, r)).collect(),
+            }
         };
         let uncond = self.uncond.clone().ok_or_else(|| js_err("no model is loaded"))?;
         let mut hook = |i: usize, n: usize| {
@@ -604,10 +616,24 @@ impl Engine {
         self.device.memory_cleanup();
     }
 
+    /// Test hook: panics on purpose. The page must restart the engine (a panic aborts the
+    /// WebAssembly instance) and keep its own state.
+    #[wasm_bindgen(js_name = debugPanic)]
+    pub fn debug_panic(&self) {
+        panic!("debugPanic: a deliberate panic (test hook)");
+    }
+
     /// What this GPU cannot do, in words (empty when nothing is missing).
     #[wasm_bindgen(js_name = limitsReport)]
     pub fn limits_report(&self) -> Result<JsValue, JsValue> {
         to_js(&crate::backend::limits_report(&self.info))
+    }
+
+    /// The full-size proof's computation on the loaded model (prompt encoding, one guided UNet
+    /// step, a VAE decode at `size`²; see `pipeline::proof`), to compare with `dreamdist proof`.
+    pub async fn proof(&self, size: usize, seed: u32) -> Result<JsValue, JsValue> {
+        let r = crate::pipeline::proof(self.sd()?, &self.tokenizer, size, seed as u64).await.map_err(js_err)?;
+        to_js(&r)
     }
 }
 
