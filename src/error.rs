@@ -13,6 +13,9 @@ pub enum Error {
     /// Reading a tensor back from the device failed (device lost, out of memory...).
     #[error("reading a tensor back from the device failed: {0}")]
     Readback(String),
+    /// Local storage (the browser's quota, a cache directory) cannot hold what is needed.
+    #[error("storage: {0}")]
+    Storage(String),
     /// The user cancelled the operation.
     #[error("cancelled")]
     Cancelled,

@@ -593,13 +593,9 @@ fn a_server_copy_longer_than_the_manifest_blames_the_server_copy() {
     assert!(!cache.join(format!("{}.bin", s.sha256)).exists());
 }
 
-/// Loader bug (see the report): a server copy shorter than the manifest says makes the loader
-/// alternate between a full GET (short body) and a resume answered 416 until the attempts run
-/// out, and the final error ("gave up after 8 attempts (HTTP 416); 0 of N bytes arrived") does
-/// not say that the server's file is too short. Wanted: the server's size in the message, and
-/// the "server's copy is corrupt or was replaced" verdict after `corrupt + 1` downloads.
+/// A server copy shorter than the manifest says: the resume at its end is answered 416, which
+/// names both sizes, and after `corrupt + 1` downloads the loader blames the server's copy.
 #[test]
-#[ignore = "loader bug: a short server copy ends as an unexplained HTTP 416 after all attempts"]
 fn a_short_server_copy_is_named_with_both_sizes() {
     let s = big();
     let dir = model_with_resized_shard("short-model-2", -100);
@@ -612,12 +608,9 @@ fn a_short_server_copy_is_named_with_both_sizes() {
     assert!(requests_for(&server.log(), &s.file).len() <= 2 * (RETRY.corrupt as usize + 1));
 }
 
-/// Loader bug (see the report): `Retry::attempts` counts resumes that made progress, so a
-/// connection that drops every few megabytes (or the native transport's 60 s total body
-/// timeout on a slow link) fails a large shard although every request brought new bytes.
-/// Wanted: only requests that brought nothing count against the attempts.
+/// A connection that drops every few hundred kilobytes still completes a shard: only requests
+/// that brought nothing count against `Retry::attempts`.
 #[test]
-#[ignore = "loader bug: resumes that made progress use up Retry::attempts"]
 fn a_connection_that_keeps_dropping_but_progresses_completes() {
     let f = fixture();
     let n = f.manifest.shards.len();

@@ -126,8 +126,14 @@ fn q8_model_on_wgpu_matches_cpu() {
     gpu16.plan.precision = dreamdist::model::nn::Precision::F16;
     let h = outputs(&gpu16);
     let e = rel_err(&h[1], &a[1]);
-    eprintln!("f16 UNet on wgpu vs f32 on cpu: relative error {e:.2e}");
-    assert!(e <= 1e-2 && e > 0.0, "f16 UNet: {e:.3e}");
+    let rms = |v: &[f32]| (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();
+    let diff: Vec<f32> = h[1].iter().zip(&a[1]).map(|(x, y)| x - y).collect();
+    let rel_rms = rms(&diff) / rms(&a[1]);
+    eprintln!("f16 UNet on wgpu vs f32 on cpu: relative RMS error {rel_rms:.2e}, max {e:.2e}");
+    // f16 rounds at 2⁻¹¹ ≈ 4.9e-4 per operation; through the UNet's ~60 sequential layers that
+    // accumulates to ~√60 · 4.9e-4 ≈ 4e-3 in RMS. A factor-of-two or dtype-mixing bug is O(1).
+    assert!(rel_rms <= 5e-3 && rel_rms > 0.0, "f16 UNet: relative RMS {rel_rms:.3e}");
+    assert!(e <= 5e-2, "f16 UNet: max relative error {e:.3e}");
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -262,18 +262,31 @@ impl OpfsCache {
 }
 
 async fn quota_message(needed: usize, e: Error) -> Error {
-    let est = storage_estimate().await;
-    match (e, est) {
-        (Error::Device(m), Some((usage, quota))) if m.contains("Quota") => Error::Device(format!(
-            "the browser's storage for this page is full: {:.0} MB used of {:.0} MB allowed, and the next part of \
-             the model needs {:.0} MB more. Free space (clear other sites' data, or this page's cached models), \
-             or pick a smaller model",
-            usage / 1e6,
-            quota / 1e6,
-            needed as f64 / 1e6
-        )),
-        (e, _) => e,
+    let Error::Device(m) = &e else { return e };
+    if !m.contains("Quota") {
+        return e;
     }
+    let mb = |b: f64| b / 1e6;
+    Error::Storage(match storage_estimate().await {
+        Some((usage, quota)) if quota - usage >= needed as f64 => format!(
+            "the browser refused to store {:.1} MB of model data although it reports {:.0} MB free ({:.0} MB used \
+             of {:.0} MB allowed): the real limit for this page is lower than it says. Free space (clear other \
+             sites' data, or this page's cached models) or pick a smaller model",
+            mb(needed as f64),
+            mb(quota - usage),
+            mb(usage),
+            mb(quota)
+        ),
+        Some((usage, quota)) => format!(
+            "the browser's storage for this page is full: {:.0} MB used of {:.0} MB allowed, and the next part of \
+             the model needs {:.1} MB. Free space (clear other sites' data, or this page's cached models) or pick a \
+             smaller model",
+            mb(usage),
+            mb(quota),
+            mb(needed as f64)
+        ),
+        None => format!("the browser's storage for this page is full ({:.1} MB could not be stored)", mb(needed as f64)),
+    })
 }
 
 impl ShardCache for OpfsCache {

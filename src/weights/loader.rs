@@ -224,6 +224,8 @@ async fn fetch_shard<T: Transport, C: ShardCache>(
     let mut corrupt = 0u32;
     let mut last_err = String::new();
     loop {
+        // Attempts that made progress (a resumable drop) do not count against the limit, so a
+        // large shard on a flaky link still completes; attempts that brought nothing do.
         if attempts >= retry.attempts {
             return Err(Error::Weights(format!(
                 "{}: gave up after {attempts} attempts ({last_err}); {} of {} bytes arrived",
@@ -265,6 +267,7 @@ async fn fetch_shard<T: Transport, C: ShardCache>(
             };
             transport.get(&url, start, None, &mut sink).await
         };
+        let progressed = buf.len() as u64 > start;
         match res {
             Ok(()) if !overflow && buf.len() as u64 == shard.bytes => {
                 let digest = super::hex(&std::mem::replace(&mut hasher, sha2::Sha256::new()).finalize());
@@ -283,6 +286,9 @@ async fn fetch_shard<T: Transport, C: ShardCache>(
                 report.retries += 1;
                 last_err = format!("connection ended after {} of {} bytes", buf.len(), shard.bytes);
                 report.events.push(format!("{}: {last_err}", shard.file));
+                if progressed {
+                    attempts = 0;
+                }
                 continue;
             }
             Ok(()) => {
@@ -295,13 +301,22 @@ async fn fetch_shard<T: Transport, C: ShardCache>(
             Err(FetchError::Status(s)) if (400..500).contains(&s) && s != 408 && s != 429 && s != 416 => {
                 return Err(Error::Weights(format!("{url}: HTTP {s} (the server does not have this shard)")));
             }
+            Err(FetchError::Status(416)) if start > 0 => {
+                // Nothing at byte `start`: the server's file is shorter than the manifest says.
+                report.corrupt += 1;
+                last_err = format!(
+                    "the server's copy ends before byte {start}; the manifest says {} bytes",
+                    shard.bytes
+                );
+                report.events.push(format!("{}: {last_err}; discarded", shard.file));
+                corrupt += 1;
+            }
             Err(e) => {
                 report.retries += 1;
                 last_err = e.to_string();
                 report.events.push(format!("{}: {last_err}; retrying", shard.file));
-                if matches!(e, FetchError::Status(416)) {
-                    buf.clear();
-                    hasher = sha2::Sha256::new();
+                if progressed {
+                    attempts = 0;
                 }
                 meter.done = before + buf.len() as u64 - start;
                 continue;
@@ -512,7 +527,6 @@ pub async fn load_shards<T: Transport, C: ShardCache>(
         source.ingest(i, &bytes)?;
         drop(bytes);
         *comp_done.entry(shard.component.clone()).or_default() += shard.bytes;
-        meter.done = meter.done.max(meter.done);
     }
     report.ms = crate::backend::now_ms() - t0;
     progress(&Progress {

@@ -16,7 +16,10 @@ impl Default for HttpTransport {
     fn default() -> Self {
         let config = ureq::Agent::config_builder()
             .timeout_connect(Some(std::time::Duration::from_secs(15)))
-            .timeout_recv_body(Some(std::time::Duration::from_secs(60)))
+            // Per read, not for the whole body: a 64 MiB shard on a slow link takes minutes.
+            .timeout_per_read(Some(std::time::Duration::from_secs(60)))
+            .timeout_recv_body(None)
+            .timeout_global(None)
             .http_status_as_error(false)
             .build();
         Self { agent: config.into() }
