@@ -2,6 +2,10 @@
 // worker does) and answers {id, cmd, args} with {id, ok, result | error}. Progress of a load is
 // summarised (not streamed) so the test can check it: count per phase, the largest done_bytes,
 // whether done_bytes ever exceeded total_bytes, and the last event.
+// Before the wasm creates its device: request `subgroups` and relax Tint's subgroup-uniformity
+// check for cubecl's kernels (see www/webgpu-shim.js).
+import "/www/webgpu-shim.js";
+
 const WASM_MODULE = "/pkg/dreamdist.js";
 
 let wasm = null;
