@@ -1,14 +1,61 @@
 #!/usr/bin/env bash
-# Builds the browser app: dreamdist (lib) for wasm32, then wasm-bindgen (--target web) into pkg/.
-# Output: pkg/dreamdist.js, pkg/dreamdist_bg.wasm (+ .gz for the server). Cached target dir outside the clone.
+# Builds the browser app: dreamdist (lib) for wasm32, then wasm-bindgen (--target web) into pkg/,
+# optionally wasm-opt, then gzip (the server sends the .gz). Cached target dir outside the clone.
+#
+#   DREAMDIST_WASM_PROFILE   cargo profile: `web` (default: release + fat LTO, one codegen unit;
+#                            Cargo.toml) or `release` (faster to build, larger module)
+#   DREAMDIST_WASM_OPT       1: run wasm-opt (npm `binaryen`, from tests/e2e/node_modules or PATH;
+#                            Debian's binaryen 108 breaks the module) with DREAMDIST_WASM_OPT_FLAGS
+#                            (default -O2); 0 (default): skip it (it takes minutes here and
+#                            gains little once LTO ran: see pkg/build-info.json and the README)
+#
+# Output: pkg/dreamdist.js, pkg/dreamdist_bg.wasm (+ .gz), pkg/build-info.json (sizes, times).
+# When the native CLI is built and the demo model is not bundled, the tiny fixture model is
+# converted into pkg/models/tiny/ (the page's fallback model; www/config.js).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/wasm-env.sh
 source scripts/wasm-env.sh
-profile=release
-CARGO_TARGET_DIR="$WASM_TARGET_DIR" cargo build -q --lib --release "${WASM_CARGO_FLAGS[@]}"
+profile="${DREAMDIST_WASM_PROFILE:-web}"
+t0=$SECONDS
+CARGO_TARGET_DIR="$WASM_TARGET_DIR" cargo build -q --lib --profile "$profile" "${WASM_CARGO_FLAGS[@]}"
+cargo_s=$((SECONDS - t0))
 wasm="$WASM_TARGET_DIR/wasm32-unknown-unknown/$profile/dreamdist.wasm"
 mkdir -p pkg
 wasm-bindgen --target web --out-dir pkg --remove-name-section --remove-producers-section "$wasm"
-gzip -6 -k -f pkg/dreamdist_bg.wasm
-echo "built pkg/: $(stat -c %s pkg/dreamdist_bg.wasm) bytes wasm, $(stat -c %s pkg/dreamdist_bg.wasm.gz) bytes gzipped" >&2
+bindgen_bytes=$(stat -c %s pkg/dreamdist_bg.wasm)
+
+opt_s=0
+opt_used=false
+if [ "${DREAMDIST_WASM_OPT:-0}" = 1 ]; then
+  wasm_opt=""
+  for c in tests/e2e/node_modules/.bin/wasm-opt "$(command -v wasm-opt || true)"; do
+    if [ -n "$c" ] && [ -x "$c" ] && "$c" --version 2>/dev/null | grep -qv "version 10[0-9]"; then wasm_opt="$c"; break; fi
+  done
+  if [ -z "$wasm_opt" ]; then
+    echo "build-web: DREAMDIST_WASM_OPT=1 but no usable wasm-opt (npm install binaryen in tests/e2e)" >&2
+    exit 1
+  fi
+  t1=$SECONDS
+  # wasm-bindgen's output uses these features; wasm-opt must be told to keep them.
+  "$wasm_opt" ${DREAMDIST_WASM_OPT_FLAGS:--O2} --enable-bulk-memory --enable-nontrapping-float-to-int \
+    --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue \
+    pkg/dreamdist_bg.wasm -o pkg/dreamdist_bg.opt.wasm
+  mv pkg/dreamdist_bg.opt.wasm pkg/dreamdist_bg.wasm
+  opt_s=$((SECONDS - t1))
+  opt_used=true
+fi
+gzip -9 -k -f pkg/dreamdist_bg.wasm
+raw=$(stat -c %s pkg/dreamdist_bg.wasm)
+gz=$(stat -c %s pkg/dreamdist_bg.wasm.gz)
+cat > pkg/build-info.json <<JSON
+{"profile": "$profile", "cargoSeconds": $cargo_s, "wasmBindgenBytes": $bindgen_bytes, "wasmOpt": $opt_used, "wasmOptSeconds": $opt_s, "wasmBytes": $raw, "gzipBytes": $gz}
+JSON
+echo "built pkg/ ($profile profile, cargo ${cargo_s} s, wasm-opt: $opt_used ${opt_s} s): $raw bytes wasm, $gz bytes gzipped" >&2
+
+# The page's fallback model while assets/demo/ is not bundled (seconds; needs the native CLI).
+bin="${DREAMDIST_BIN:-${CARGO_TARGET_DIR:-$DREAMDIST_CACHE/target}/release/dreamdist}"
+if [ ! -f assets/demo/manifest.json ] && [ ! -f pkg/models/tiny/manifest.json ] && [ -x "$bin" ]; then
+  "$bin" convert --from tests/fixtures/tiny --model tiny --quant q8 --out pkg/models/tiny >/dev/null 2>&1
+  echo "build-web: converted the tiny fixture model into pkg/models/tiny/ (no demo model bundled)" >&2
+fi

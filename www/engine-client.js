@@ -1,6 +1,11 @@
-// The page's side of the engine worker (www/worker.js): start-up events, events such as
-// self-test results, and commands with promise replies. New engine features (training,
-// generation) become new commands and events here without touching the UI modules.
+// The page's side of the engine worker (www/worker.js; its header documents the protocol):
+// start-up events, progress events, and commands with promise replies.
+//
+// When the engine crashes (a Rust panic aborts the WebAssembly instance, or the GPU device is
+// lost) the worker says "crashed"; this client then terminates it, rejects what was pending,
+// starts a fresh worker (a new WebAssembly instance) and reports {event: "restarting"}. The page
+// keeps its own state and restores the engine's (model, distributions, training) once the new
+// worker is "ready".
 
 export class EngineClient {
   /** @param {{onEvent: (msg: object) => void}} handlers */
@@ -8,29 +13,59 @@ export class EngineClient {
     this.onEvent = onEvent;
     this.pending = new Map();
     this.nextId = 1;
-    this.worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module", name: "dreamdist-engine" });
-    this.worker.addEventListener("message", ({ data }) => this.#receive(data));
+    this.restarts = 0;
+    this.#spawn();
+  }
+
+  #spawn() {
+    const worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module", name: "dreamdist-engine" });
+    this.worker = worker;
+    worker.addEventListener("message", ({ data }) => {
+      if (worker === this.worker) this.#receive(data);
+    });
     // Fires when the worker script itself cannot load or throws outside a command.
-    this.worker.addEventListener("error", (ev) => {
+    worker.addEventListener("error", (ev) => {
       ev.preventDefault();
+      if (worker !== this.worker) return;
+      if (this.ready) {
+        this.restart("worker-error", ev.message || "the engine worker stopped");
+        return;
+      }
       this.#failAll({
         kind: "worker",
         message: "The engine worker stopped unexpectedly.",
         detail: ev.message || "(no details: the worker script may have failed to load)",
       });
     });
-    this.worker.addEventListener("messageerror", () => {
+    worker.addEventListener("messageerror", () => {
       this.#failAll({ kind: "worker", message: "A message from the engine worker could not be read.", detail: "" });
     });
+    this.ready = false;
   }
 
   /** Sends a command; resolves with its result or rejects with an Error carrying `.info`. */
   call(cmd, ...args) {
     const id = this.nextId++;
+    const transfer = [];
     return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      this.worker.postMessage({ id, cmd, args });
+      this.pending.set(id, { resolve, reject, cmd });
+      this.worker.postMessage({ id, cmd, args }, transfer);
     });
+  }
+
+  /** Replaces the worker with a fresh one (after a crash). */
+  restart(reason, message) {
+    this.restarts++;
+    try {
+      this.worker.terminate();
+    } catch {
+      // Already gone.
+    }
+    const info = { kind: "crashed", message: `The engine stopped (${message}); it is being restarted.` };
+    for (const { reject } of this.pending.values()) reject(Object.assign(new Error(info.message), { info }));
+    this.pending.clear();
+    this.#spawn();
+    this.onEvent({ event: "restarting", reason, message, restarts: this.restarts });
   }
 
   #receive(msg) {
@@ -41,7 +76,13 @@ export class EngineClient {
       else reject(Object.assign(new Error(msg.error?.message ?? "command failed"), { info: msg.error }));
       return;
     }
-    if (msg && msg.event) this.onEvent(msg);
+    if (!msg || !msg.event) return;
+    if (msg.event === "ready") this.ready = true;
+    if (msg.event === "crashed") {
+      this.restart(msg.reason, msg.message);
+      return;
+    }
+    this.onEvent(msg);
   }
 
   #failAll(error) {

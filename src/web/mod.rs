@@ -137,6 +137,8 @@ struct SampleRequest {
     size: Option<usize>,
     /// Use prompt k's encoding itself (no sampling) instead of the Gaussian.
     prompt: Option<usize>,
+    /// One prompt index per seed (image i shows prompt `prompts[i]`; no sampling).
+    prompts: Option<Vec<usize>>,
     /// Draw condition i from its own generator `condSeeds[i]` and the starting noise from a
     /// fresh generator `seeds[i]`, so the condition and the noise vary apart (without it, as in
     /// the CLI, one generator per seed draws the condition and then the noise).
@@ -419,7 +421,10 @@ impl Engine {
         let trainer = Trainer::new(cfg.clone(), sd, &self.tokenizer, &tensors).await.map_err(js_err)?;
         let name = cfg_json.get("name").and_then(|n| n.as_str()).unwrap_or("my distribution").to_string();
         let mut t = trainer;
-        t.set_chunking(Chunking { unet: 1 });
+        // Small models (demo, tiny) fit whole steps in memory, and every extra UNet pass costs
+        // thousands of dispatches (slow on software adapters); full-size models go one
+        // reparameterised sample at a time to bound memory (the gradient is the same).
+        t.set_chunking(if sd.spec.native_resolution() <= 64 { Chunking::unchunked() } else { Chunking { unet: 1 } });
         self.trainer = Some((t, name));
         to_js(&cfg)
     }
@@ -553,15 +558,21 @@ impl Engine {
         };
         cfg.check(sd).map_err(js_err)?;
         let mut rngs: Vec<Rng> = req.seeds.iter().map(|&s| Rng::new(s)).collect();
-        let conds: Vec<Tensor<3>> = if let Some(k) = req.prompt {
-            // One prompt's own encoding (no sampling).
-            if k >= first.k {
+        let chosen = match (&req.prompts, req.prompt) {
+            (Some(ks), _) if ks.len() != req.seeds.len() => return Err(js_err("give one prompt index per seed")),
+            (Some(ks), _) => Some(ks.clone()),
+            (None, Some(k)) => Some(vec![k; req.seeds.len()]),
+            (None, None) => None,
+        };
+        let conds: Vec<Tensor<3>> = if let Some(ks) = chosen {
+            // The prompts' own encodings (no sampling).
+            if let Some(&k) = ks.iter().find(|&&k| k >= first.k) {
                 return Err(js_err(format!("prompt {k} does not exist (K = {})", first.k)));
             }
             let layout = PromptLayout::new(&self.tokenizer, &tpl, first.m).map_err(js_err)?;
-            let v = tensor(first.prompts.clone(), [first.k, first.m, first.hidden], &self.device).narrow(0, k, 1);
+            let v = tensor(first.prompts.clone(), [first.k, first.m, first.hidden], &self.device);
             let c = layout.encode(&sd.text, v).map_err(js_err)?;
-            vec![c; rngs.len()]
+            ks.iter().map(|&k| c.clone().narrow(0, k, 1)).collect()
         } else {
             let mut parts = vec![];
             for p in &req.dists {

@@ -1,0 +1,95 @@
+// The trained distribution's samples match the references' attributes better than the
+// untrained one's, judged by the demo world's attribute reader (`dreamdist demo-read`). Needs
+// the bundled demo model (assets/demo/): the tiny fixture model has random weights and learns
+// nothing, so this test is skipped without it. Screenshot: $E2E_OUT/app/quality.png.
+import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, test } from "node:test";
+
+import { launch, log, pageErrors, requireBuilt, ROOT, shot, startServer, until } from "./lib/browser.mjs";
+import { demoReferences, readAttributes, testModel } from "./lib/fixtures.mjs";
+
+const HAVE_DEMO = existsSync(join(ROOT, "assets/demo/manifest.json")) && process.env.E2E_MODEL !== "tiny";
+const STEPS = Number(process.env.E2E_QUALITY_STEPS || 150);
+const N = 16;
+
+let server;
+let tmp;
+let model;
+
+before(async () => {
+  if (!HAVE_DEMO) return;
+  requireBuilt();
+  tmp = await mkdtemp(join(tmpdir(), "dreamdist-quality-"));
+  server = await startServer();
+  model = await testModel();
+});
+
+after(async () => {
+  server?.stop();
+  if (tmp) await rm(tmp, { recursive: true, force: true });
+});
+
+test("trained samples match the references' attributes better than untrained ones (demo model)", { timeout: 3600000, skip: HAVE_DEMO ? false : "the demo model (assets/demo/) is not bundled yet" }, async () => {
+  // Eight references sharing a shape and a colour (the first pair that has eight scenes).
+  const { refs, names } = await demoReferences(join(tmp, "refs"), { n: 8, seed: 31, pool: 1500, filter: (a) => a[0] === 1 && a[1] === 2 });
+  const want = { shape: names.shape[refs[0].attrs[0]], color: names.color[refs[0].attrs[1]] };
+  log(`references: ${want.color} ${want.shape} (${refs.length} scenes)`);
+  const { context, page, problems } = await launch("quality", { tmpRoot: tmp });
+  try {
+    await page.goto(`${server.url}?model=${encodeURIComponent(model.url)}&selftest=0`, { waitUntil: "load" });
+    await until(page, problems, () => window.dreamdist?.model?.status === "ready" && window.dreamdist.status === "ready", { what: "the model" });
+    await page.setInputFiles("#ref-input", refs.map((r) => r.path));
+    await until(page, problems, () => window.dreamdist.refs.length === 8, { what: "thumbnails" });
+    const settings = { "#t-name": "quality", "#t-k": "8", "#t-m": "4", "#t-samples": "2", "#t-steps": String(STEPS), "#t-seed": "0", "#t-template": "{}", "#t-preview-every": "0" };
+    await page.evaluate(() => (document.querySelector("details.advanced").open = true));
+    for (const [sel, v] of Object.entries(settings)) await page.fill(sel, v);
+    const request = { dists: [], gamma: 1, seeds: Array.from({ length: N }, (_, i) => 100 + i), steps: 25, guidance: 3, scheduler: "ddim", template: "{}" };
+
+    // Untrained: the distribution of the initial prompts (step 0 of the same run).
+    const untrained = await page.evaluate(async (req) => {
+      const d = window.dreamdist.debug;
+      const st = d.state;
+      const images = st.refs.map((r) => r.bytes);
+      await d.call("trainStart", { images, names: st.refs.map((r) => r.name), config: { name: "untrained", k: 8, m: 4, samples: 2, steps: 1, resolution: 32, seed: 0, template: "{}" }, paused: true });
+      const bytes = await d.call("trainSnapshot");
+      await d.call("trainCancel");
+      const info = await d.call("addDistribution", bytes);
+      const r = await d.call("sample", { job: "untrained", request: { ...req, dists: [{ handle: info.handle, weight: 1 }] } });
+      await d.call("removeDistribution", info.handle);
+      return r.images.map((im) => Array.from(im.rgb));
+    }, request);
+
+    const t0 = Date.now();
+    await page.click("#train-start");
+    await until(page, problems, () => window.dreamdist.dists.length === 1 || window.dreamdist.train.error, { what: "training", timeout: 3000000 });
+    log(`trained ${STEPS} steps in ${Date.now() - t0} ms`);
+    const trained = await page.evaluate(async (req) => {
+      const d = window.dreamdist.debug;
+      const h = window.dreamdist.dists[0].handle;
+      const r = await d.call("sample", { job: "trained", request: { ...req, dists: [{ handle: h, weight: 1 }] } });
+      return r.images.map((im) => Array.from(im.rgb));
+    }, request);
+
+    const score = async (images) => {
+      const readings = await readAttributes(tmp, images);
+      const hits = readings.filter((r) => r.shape === want.shape && r.color === want.color).length;
+      return { hits, readings: readings.map((r) => `${r.color ?? "?"} ${r.shape ?? "?"}`) };
+    };
+    const u = await score(untrained);
+    const t = await score(trained);
+    log(`attribute matches (${want.color} ${want.shape}): untrained ${u.hits}/${N} [${u.readings.join(", ")}], trained ${t.hits}/${N} [${t.readings.join(", ")}]`);
+    await page.fill("#s-count", "8");
+    await page.click("#sample-go");
+    await until(page, problems, () => window.dreamdist.gallery.length === 8 && !window.dreamdist.job, { what: "gallery", timeout: 600000 });
+    await shot(page, "quality");
+    assert.ok(t.hits > u.hits, `trained ${t.hits}/${N} must beat untrained ${u.hits}/${N}`);
+    assert.ok(t.hits >= N / 2, `trained samples match the references in only ${t.hits}/${N}`);
+    assert.deepEqual(pageErrors(problems), []);
+  } finally {
+    await context.close();
+  }
+});

@@ -1,0 +1,81 @@
+// Test data made with the native CLI: the model the app tests run on (the bundled demo model
+// when assets/demo/ exists, else the tiny fixture model converted once into
+// target/e2e-models/tiny-q8/), reference images from the demo world (`dreamdist demo-data`,
+// written as PNGs), and the attribute reader (`dreamdist demo-read`).
+import { execFile } from "node:child_process";
+import { existsSync } from "node:fs";
+import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { promisify } from "node:util";
+
+import { BIN, log, ROOT } from "./browser.mjs";
+import { encodePng } from "./png.mjs";
+import { readSafetensors, writeSafetensors } from "./safetensors.mjs";
+
+export const run = promisify(execFile);
+export const cli = (args, opts = {}) => run(BIN, args, { maxBuffer: 256 << 20, timeout: 1200000, ...opts });
+
+/** The model under test: {id, url (relative to the server root), dir, native}. */
+export async function testModel() {
+  const want = process.env.E2E_MODEL;
+  if (want !== "tiny" && existsSync(join(ROOT, "assets/demo/manifest.json"))) {
+    return { id: "demo", url: "assets/demo/", dir: join(ROOT, "assets/demo"), native: 32 };
+  }
+  const rel = "target/e2e-models/tiny-q8";
+  const dir = join(ROOT, rel);
+  if (!existsSync(join(dir, "manifest.json"))) {
+    log(`converting the tiny fixture model into ${rel}`);
+    await rm(dir, { recursive: true, force: true });
+    await mkdir(dir, { recursive: true });
+    await cli(["convert", "--from", join(ROOT, "tests/fixtures/tiny"), "--model", "tiny", "--quant", "q8", "--out", dir]);
+  }
+  return { id: "tiny", url: `${rel}/`, dir, native: 16 };
+}
+
+/** Nearest-neighbour upscale of RGB bytes by an integer factor. */
+export function upscale(rgb, side, factor) {
+  const s = side * factor;
+  const out = Buffer.alloc(s * s * 3);
+  for (let y = 0; y < s; y++) {
+    for (let x = 0; x < s; x++) {
+      const src = ((Math.floor(y / factor) * side + Math.floor(x / factor)) * 3) | 0;
+      rgb.copy(out, (y * s + x) * 3, src, src + 3);
+    }
+  }
+  return out;
+}
+
+/**
+ * Demo-world scenes as reference PNGs (upscaled ×2 to 64 px: the page refuses images under
+ * 64 px). `filter(attrs)` picks scenes by their attribute ids [shape, color, size, position,
+ * background]. Returns [{name, path, rgb32, attrs}].
+ */
+export async function demoReferences(dir, { n = 4, seed = 11, pool = 400, filter = () => true } = {}) {
+  await mkdir(dir, { recursive: true });
+  const file = join(dir, `demo-${seed}-${pool}.safetensors`);
+  if (!existsSync(file)) await cli(["demo-data", "--n", String(pool), "--seed", String(seed), "--out", file]);
+  const st = readSafetensors(await readFile(file));
+  const images = st.tensors.images.data;
+  const attrs = st.tensors.attrs.data;
+  const out = [];
+  for (let i = 0; i < pool && out.length < n; i++) {
+    const a = [...attrs.subarray(i * 5, i * 5 + 5)];
+    if (!filter(a)) continue;
+    const rgb32 = Buffer.from(images.subarray(i * 32 * 32 * 3, (i + 1) * 32 * 32 * 3));
+    const name = `ref-${seed}-${i}.png`;
+    const path = join(dir, name);
+    await writeFile(path, encodePng(upscale(rgb32, 32, 2), 64, 64));
+    out.push({ name, path, rgb32, attrs: a });
+  }
+  if (out.length < n) throw new Error(`only ${out.length} demo scenes matched the filter in a pool of ${pool}`);
+  return { refs: out, names: JSON.parse(st.metadata["dreamdist-demo"]).attributes };
+}
+
+/** Attribute readings of 32×32 RGB images (via `dreamdist demo-read`). */
+export async function readAttributes(dir, images) {
+  const data = Buffer.concat(images.map((im) => Buffer.from(im)));
+  const file = join(dir, `read-${Date.now()}.safetensors`);
+  await writeFile(file, writeSafetensors({ images: { dtype: "U8", shape: [images.length, 32, 32, 3], data } }));
+  const { stdout } = await cli(["demo-read", "--images", file]);
+  return JSON.parse(stdout);
+}
