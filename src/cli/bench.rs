@@ -14,7 +14,7 @@ use dreamdist::rng::Rng;
 use dreamdist::tokenizer::{ClipTokenizer, MAX_LEN};
 use dreamdist::train::{Chunking, TrainConfig, Trainer};
 
-use super::common::{ModelArgs, peak_rss, reset_peak_rss};
+use super::common::{ModelArgs, cpu_seconds, peak_rss, reset_peak_rss};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -52,6 +52,10 @@ pub struct BenchArgs {
     /// Also write the table (markdown) to this file.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
+    /// Print the time spent per kind of piece (resnets, attention blocks, feed-forward, …) over
+    /// all runs.
+    #[arg(long)]
+    profile: bool,
 }
 
 struct Row {
@@ -59,6 +63,8 @@ struct Row {
     size: usize,
     first_ms: f64,
     best_ms: f64,
+    /// CPU seconds (all threads) of the best run.
+    cpu_s: Option<f64>,
     peak_rss: Option<u64>,
     peak_gpu: Option<u64>,
     note: String,
@@ -71,11 +77,21 @@ struct Meter {
     sync: bool,
     last: f64,
     parts: std::collections::BTreeMap<String, f64>,
+    by_kind: bool,
+    kinds: std::collections::BTreeMap<String, f64>,
 }
 
 impl Meter {
     fn new(device: &Device, sync: bool) -> Self {
-        Self { device: device.clone(), peak: 0, sync, last: now_ms(), parts: Default::default() }
+        Self {
+            device: device.clone(),
+            peak: 0,
+            sync,
+            last: now_ms(),
+            parts: Default::default(),
+            by_kind: false,
+            kinds: Default::default(),
+        }
     }
     fn sample(&mut self) {
         if let Some(u) = self.device.memory_pool_usage() {
@@ -100,7 +116,25 @@ impl Observer for Meter {
         let net = name.split('.').next().unwrap_or("");
         let key = format!("{net} {}", if backward { "backward" } else { "forward" });
         *self.parts.entry(key).or_default() += now - self.last;
+        if self.by_kind {
+            *self.kinds.entry(format!("{} {}", kind_of(name), if backward { "bwd" } else { "fwd" })).or_default() +=
+                now - self.last;
+        }
         self.last = now;
+    }
+}
+
+/// The kind of a piece, from its name (`unet.down0.attn1.attn1.core3` → `attn1.core`).
+fn kind_of(name: &str) -> String {
+    let parts: Vec<&str> = name.split('.').collect();
+    let strip = |p: &str| p.trim_end_matches(|c: char| c.is_ascii_digit()).to_string();
+    match parts.as_slice() {
+        [net, rest @ ..] if *net == "unet" && rest.len() >= 2 => {
+            let tail: Vec<String> = rest[1..].iter().map(|p| strip(p)).collect();
+            format!("unet {}", tail.join("."))
+        }
+        [net, rest @ ..] => format!("{net} {}", rest.iter().map(|p| strip(p)).collect::<Vec<_>>().join(".")),
+        [] => String::new(),
     }
 }
 
@@ -110,11 +144,12 @@ fn gib(b: u64) -> String {
 
 fn report(r: &Row) {
     eprintln!(
-        "bench: {} @ {}²: first {:.2} s, best {:.2} s, peak RSS {}, peak GPU {} {}",
+        "bench: {} @ {}²: first {:.2} s, best {:.2} s, CPU {} s, peak RSS {}, peak GPU {} {}",
         r.what,
         r.size,
         r.first_ms / 1000.0,
         r.best_ms / 1000.0,
+        r.cpu_s.map_or("n/a".into(), |c| format!("{c:.2}")),
         r.peak_rss.map_or("n/a".into(), gib),
         r.peak_gpu.map_or("n/a".into(), gib),
         r.note
@@ -133,20 +168,28 @@ fn measure(
     let can_reset = reset_peak_rss();
     meter.reset();
     let t0 = now_ms();
+    let c0 = cpu_seconds();
     f(meter)?;
     let first_ms = now_ms() - t0;
+    let mut cpu_s = cpu_seconds().zip(c0).map(|(a, b)| a - b);
     let mut best_ms = first_ms;
     let mut parts = meter.parts.clone();
     for _ in 0..iters {
         meter.parts.clear();
         meter.last = now_ms();
         let t = now_ms();
+        let c = cpu_seconds();
         f(meter)?;
         let ms = now_ms() - t;
+        let cs = cpu_seconds().zip(c).map(|(a, b)| a - b);
         if ms < best_ms {
             best_ms = ms;
             parts = meter.parts.clone();
         }
+        cpu_s = match (cpu_s, cs) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
     }
     let note = if parts.is_empty() {
         String::new()
@@ -154,7 +197,7 @@ fn measure(
         parts.iter().map(|(k, v)| format!("{k} {:.2} s", v / 1000.0)).collect::<Vec<_>>().join(", ")
     };
     let gpu = meter.device.memory_pool_usage().map(|_| meter.peak);
-    let row = Row { what, size, first_ms, best_ms, peak_rss: if can_reset { peak_rss() } else { None }, peak_gpu: gpu, note };
+    let row = Row { what, size, first_ms, best_ms, cpu_s, peak_rss: if can_reset { peak_rss() } else { None }, peak_gpu: gpu, note };
     report(&row);
     rows.push(row);
     Ok(())
@@ -185,6 +228,7 @@ pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
     let hidden = spec.clip.hidden_size;
     let mut rows = vec![];
     let mut meter = Meter::new(&device, a.sync_parts);
+    meter.by_kind = a.profile;
     let mut rng = Rng::new(1);
     for &size in &a.sizes {
         sd.spec.check_size(size)?;
@@ -240,7 +284,7 @@ pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
     }
     let mut table = format!(
         "dreamdist bench: model {} ({}), backend {} ({}), {} CPU threads, plan: blocks ≤ {} MiB; resident after load {} GiB\n\n\
-         | what | image | first (s) | best of {} (s) | peak RSS (GiB) | peak GPU in use (GiB) | time by part (best run) |\n|---|---|---|---|---|---|---|\n",
+         | what | image | first (s) | best of {} (s) | least CPU time (s) | peak RSS (GiB) | peak GPU in use (GiB) | time by part (best run) |\n|---|---|---|---|---|---|---|---|\n",
         spec.id,
         if a.model.random_weights.is_some() { "random weights".to_string() } else { "loaded weights".to_string() },
         match a.model.backend {
@@ -255,17 +299,27 @@ pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
     );
     for r in &rows {
         table += &format!(
-            "| {} | {}² | {:.2} | {:.2} | {} | {} | {} |\n",
+            "| {} | {}² | {:.2} | {:.2} | {} | {} | {} | {} |\n",
             r.what,
             r.size,
             r.first_ms / 1000.0,
             r.best_ms / 1000.0,
+            r.cpu_s.map_or("n/a".into(), |c| format!("{c:.2}")),
             r.peak_rss.map_or("n/a".into(), gib),
             r.peak_gpu.map_or("n/a".into(), gib),
             r.note
         );
     }
     print!("{table}");
+    if a.profile {
+        let mut kinds: Vec<(String, f64)> = meter.kinds.clone().into_iter().collect();
+        kinds.sort_by(|x, y| y.1.total_cmp(&x.1));
+        let total: f64 = kinds.iter().map(|k| k.1).sum();
+        println!("\ntime per kind of piece (all runs, {:.1} s):", total / 1000.0);
+        for (k, ms) in kinds.iter().take(25) {
+            println!("  {k:<40} {:>8.2} s  {:>5.1}%", ms / 1000.0, 100.0 * ms / total.max(1e-9));
+        }
+    }
     if let Some(p) = &a.out {
         std::fs::File::create(p)?.write_all(table.as_bytes())?;
     }
