@@ -1,0 +1,77 @@
+#!/usr/bin/env node
+// Opt-in full-size proof in headless Chromium (WebGPU on SwiftShader): load a converted
+// full-size model from the local server with the device clamped to WebGPU's default limits,
+// run dreamdist's proof computation at SIZE², and compare with the native CPU backend's run of
+// the same function on the same shards (`dreamdist proof`).
+//
+//   node scripts/proofs/fullsize.mjs MODEL_DIR_UNDER_REPO SIZE NATIVE_JSON OUT_JSON
+//
+// MODEL_DIR_UNDER_REPO is a path relative to the repository root (served by www/serve.mjs).
+import { spawn } from "node:child_process";
+import { readFile, writeFile, mkdtemp } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const ROOT = resolve(fileURLToPath(new URL("../..", import.meta.url)));
+const { chromium } = await import(join(ROOT, "tests/e2e/node_modules/playwright-core/index.mjs"));
+const [model, size, nativePath, outPath] = process.argv.slice(2);
+const TIMEOUT_MS = Number(process.env.PROOF_TIMEOUT_S ?? 7200) * 1000;
+
+const server = spawn(process.execPath, [join(ROOT, "www/serve.mjs"), "0"], { cwd: ROOT });
+const url = await new Promise((res, rej) => {
+  server.stdout.on("data", (d) => {
+    const m = String(d).match(/(http:\/\/127\.0\.0\.1:\d+\/)/);
+    if (m) res(m[1]);
+  });
+  server.on("exit", (c) => rej(new Error(`server exited ${c}`)));
+});
+const profile = await mkdtemp(join(tmpdir(), "dreamdist-proof-"));
+const ctx = await chromium.launchPersistentContext(profile, {
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  headless: true,
+  args: ["--no-sandbox", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--enable-unsafe-webgpu"],
+});
+const page = await ctx.newPage();
+page.on("console", (m) => {
+  if (m.type() === "error") console.error("[page]", m.text().slice(0, 400));
+});
+const t0 = Date.now();
+await page.goto(`${url}scripts/proofs/page/index.html?model=/${model.replace(/^\/+/, "")}/&size=${size}&seed=0`);
+let last = "";
+const timer = setInterval(async () => {
+  const text = await page.textContent("#log").catch(() => "");
+  const lines = text.split("\n");
+  const tail = lines[lines.length - 1];
+  if (tail !== last) {
+    last = tail;
+    console.log(`[${((Date.now() - t0) / 1000).toFixed(0)} s] ${tail.slice(0, 200)}`);
+  }
+}, 5000);
+await page.waitForFunction(() => window.proof !== null, null, { timeout: TIMEOUT_MS, polling: 2000 });
+clearInterval(timer);
+const browser = await page.evaluate(() => window.proof);
+await page.screenshot({ path: outPath.replace(/\.json$/, ".png") });
+await ctx.close();
+server.kill();
+
+const native = JSON.parse(await readFile(nativePath, "utf8"));
+const result = { size: Number(size), wall_s: (Date.now() - t0) / 1000, browser, native, comparison: {} };
+if (browser.ok) {
+  for (const part of ["text", "unet", "decode"]) {
+    const b = browser.proof[part];
+    const n = native[part];
+    const scale = Math.max(...n.samples.map(Math.abs), 1e-30);
+    const maxDiff = Math.max(...b.samples.map((x, i) => Math.abs(x - n.samples[i])));
+    result.comparison[part] = {
+      finite: b.finite,
+      shape: b.shape,
+      sample_max_rel: maxDiff / scale,
+      sum_abs_rel: Math.abs(b.sum_abs - n.sum_abs) / Math.max(n.sum_abs, 1e-30),
+    };
+  }
+}
+await writeFile(outPath, JSON.stringify(result, null, 1));
+console.log(JSON.stringify({ ok: browser.ok, error: browser.error, comparison: result.comparison, timings: browser.timings }, null, 1));
+process.exit(browser.ok ? 0 : 1);

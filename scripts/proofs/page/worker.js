@@ -1,0 +1,43 @@
+// The full-size proof in the browser: clamp the device to WebGPU's default limits (128 MiB per
+// binding, 256 MiB per buffer), load a converted model from the local server, and run
+// dreamdist's proof computation (prompt encoding, one guided UNet step, a VAE decode).
+import { clampLimits, shimReport } from "/www/webgpu-shim.js";
+
+const post = (line) => self.postMessage({ event: "log", line });
+
+self.onmessage = async ({ data: p }) => {
+  const out = { ok: false, timings: {} };
+  const t = () => performance.now();
+  try {
+    if (p.clamp !== "0") clampLimits();
+    let t0 = t();
+    const wasm = await import("/pkg/dreamdist.js");
+    await wasm.default();
+    const engine = await wasm.Engine.create({ maxBinding: p.clamp !== "0" ? 134217728 : undefined });
+    out.timings.engine_ms = t() - t0;
+    out.adapter = engine.adapterInfo();
+    out.shim = shimReport();
+    out.limits = engine.limitsReport();
+    post(`engine ready in ${out.timings.engine_ms.toFixed(0)} ms; binding limit ${out.adapter.maxStorageBufferBindingSize}`);
+    t0 = t();
+    let last = 0;
+    const info = await engine.loadModel({ kind: "manifest", url: p.model }, (e) => {
+      if (t() - last > 5000) {
+        last = t();
+        post(`loading ${e.component ?? ""} ${e.phase}: ${(e.done_bytes / 1e6).toFixed(0)}/${(e.total_bytes / 1e6).toFixed(0)} MB`);
+      }
+      return true;
+    });
+    out.timings.load_ms = t() - t0;
+    out.model = { id: info.id, identity: info.identity, residentBytes: info.residentBytes, report: info.report };
+    post(`model loaded in ${out.timings.load_ms.toFixed(0)} ms; resident ${(info.residentBytes / 2 ** 30).toFixed(2)} GiB`);
+    t0 = t();
+    out.proof = await engine.proof(Number(p.size ?? 512), Number(p.seed ?? 0));
+    out.timings.proof_ms = t() - t0;
+    out.memory_in_use = engine.memoryInUse();
+    out.ok = true;
+  } catch (err) {
+    out.error = String(err?.stack ?? err?.message ?? err);
+  }
+  self.postMessage(out);
+};
