@@ -100,6 +100,8 @@ function isTrap(err) {
 
 function crash(reason, message) {
   if (crashed) return;
+  // The panic text without the JS stack that console_error_panic_hook appends.
+  message = String(message).split(/\n\s*Stack:/)[0].trim().slice(0, 600);
   crashed = true;
   training = null;
   post({ event: "crashed", reason, message });

@@ -44,7 +44,7 @@ export const autosave = {
       await write(d, file, images[i].bytes);
       list.push({ name: images[i].name, type: images[i].type ?? "", file });
     }
-    this.session = { version: VERSION, settings, model, images: list, step: 0, steps: settings.steps, checkpoint: null, startedAt: Date.now(), savedAt: Date.now() };
+    this.session = { version: VERSION, settings, model, images: list, step: 0, steps: settings.config?.steps ?? settings.steps, checkpoint: null, startedAt: Date.now(), savedAt: Date.now() };
     await write(d, "session.json", JSON.stringify(this.session));
   },
 

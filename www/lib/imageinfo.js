@@ -7,7 +7,7 @@ export const LIMITS = {
   maxSide: 16384,
   maxPixels: 64 * 1024 * 1024,
   minSide: 64,
-  maxFileBytes: 50 * 1024 * 1024,
+  maxFileBytes: 50e6,
   maxImages: 20,
   minImages: 4,
 };

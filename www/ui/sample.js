@@ -16,10 +16,11 @@ export function imageGrid(root, grid, caption) {
   root.hidden = false;
   replace(
     root,
+    h("p", { class: "grid-note", "aria-hidden": "true" }, caption),
     h(
       "table",
       { class: "grid-table" },
-      h("caption", {}, caption),
+      h("caption", { class: "visually-hidden" }, caption),
       h("thead", {}, h("tr", {}, h("th", { scope: "col" }, grid.corner ?? ""), grid.cols.map((c) => h("th", { scope: "col" }, c)))),
       h(
         "tbody",

@@ -5,7 +5,7 @@
 import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { promisify } from "node:util";
 
 import { BIN, log, ROOT } from "./browser.mjs";
@@ -52,7 +52,8 @@ export function upscale(rgb, side, factor) {
  */
 export async function demoReferences(dir, { n = 4, seed = 11, pool = 400, filter = () => true } = {}) {
   await mkdir(dir, { recursive: true });
-  const file = join(dir, `demo-${seed}-${pool}.safetensors`);
+  // The data set goes next to the folder: the folder holds only images (the CLI reads it whole).
+  const file = join(dirname(dir), `demo-${seed}-${pool}.safetensors`);
   if (!existsSync(file)) await cli(["demo-data", "--n", String(pool), "--seed", String(seed), "--out", file]);
   const st = readSafetensors(await readFile(file));
   const images = st.tensors.images.data;
