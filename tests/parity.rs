@@ -75,6 +75,21 @@ fn vae_matches_diffusers() {
     assert_all(&checks, &["vae.posterior_mean", "vae.posterior_logvar", "vae.decoded"]);
 }
 
+/// The same fixtures on native wgpu (lavapipe here): every component and both gradients (one
+/// graph and block-wise) within the same tolerance, on two repeated calls.
+#[test]
+fn all_components_match_on_wgpu() {
+    let (device, info) = dreamdist::backend::device(dreamdist::backend::BackendKind::Wgpu).expect("native wgpu");
+    eprintln!("wgpu adapter: {} ({})", info.name, info.graphics_api);
+    let sd = StableDiffusion::from_dir(ModelSpec::tiny(), fixtures(), &device).expect("tiny fixtures load");
+    let io = Io::from_bytes(&std::fs::read(fixtures().join("io.safetensors")).unwrap()).unwrap();
+    for round in 0..2 {
+        let checks = block_on(parity::all(&sd, &io)).unwrap();
+        eprintln!("round {round}:");
+        assert_all(&checks, &["text.last_hidden_state", "unet.out", "unet.grad_encoder_hidden_states (block-wise)", "vae.decoded"]);
+    }
+}
+
 #[test]
 fn vae_loads_legacy_attention_key_names() {
     let device = cpu_device();

@@ -640,6 +640,14 @@ impl Engine {
         to_js(&crate::backend::limits_report(&self.info))
     }
 
+    /// The parity fixtures (`tests/fixtures/tiny/io.safetensors`, made with diffusers and
+    /// transformers) on the loaded model: every component's outputs and gradients, compared.
+    pub async fn parity(&self, io: &[u8]) -> Result<JsValue, JsValue> {
+        let io = crate::parity::Io::from_bytes(io).map_err(js_err)?;
+        let checks = crate::parity::all(self.sd()?, &io).await.map_err(js_err)?;
+        to_js(&checks)
+    }
+
     /// The full-size proof's computation on the loaded model (prompt encoding, one guided UNet
     /// step, a VAE decode at `size`²; see `pipeline::proof`), to compare with `dreamdist proof`.
     pub async fn proof(&self, size: usize, seed: u32) -> Result<JsValue, JsValue> {
