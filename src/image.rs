@@ -25,7 +25,12 @@ pub fn preprocess(bytes: &[u8], resolution: usize, name: &str) -> Result<Vec<f32
 /// Decodes one image, resizes its shorter side to `resolution` and centre-crops the longer side
 /// to at most `long_factor × resolution`, rounded down to a multiple of 8 px. Returns
 /// (`[3, H, W]` values in [-1, 1], H, W).
-pub fn preprocess_with(bytes: &[u8], resolution: usize, long_factor: usize, name: &str) -> Result<(Vec<f32>, usize, usize)> {
+pub fn preprocess_with(
+    bytes: &[u8],
+    resolution: usize,
+    long_factor: usize,
+    name: &str,
+) -> Result<(Vec<f32>, usize, usize)> {
     use image::ImageReader;
     use std::io::Cursor;
     let reader = ImageReader::new(Cursor::new(bytes))

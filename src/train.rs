@@ -455,7 +455,9 @@ impl Trainer {
             let side = h.min(w);
             let crop = match self.cfg.crop {
                 Crop::Center => ((h - side) / 2, (w - side) / 2),
-                Crop::Random => (self.rng.below((h - side + 1) as u64) as usize, self.rng.below((w - side + 1) as u64) as usize),
+                Crop::Random => {
+                    (self.rng.below((h - side + 1) as u64) as usize, self.rng.below((w - side + 1) as u64) as usize)
+                }
             };
             let nl = c * side * side;
             noise.push((self.rng.normal_vec(nl), self.rng.normal_vec(nl)));

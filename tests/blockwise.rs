@@ -17,8 +17,8 @@
 //!    slots receive their gradients through the same walk (how adapters would train).
 use std::path::Path;
 
-use burn::tensor::Tensor;
 use burn::tensor::Device;
+use burn::tensor::Tensor;
 use dreamdist::backend::{block_on, read, tensor};
 use dreamdist::distribution::{PromptGaussian, ortho_loss_with};
 use dreamdist::model::tape::{Tape, Val};
@@ -109,7 +109,9 @@ fn compare(label: &str, prod: &[f32], reference: &[f32]) {
     sorted.sort_by(f32::total_cmp);
     eprintln!(
         "{label}: max per-element relative error {worst:.2e} at {at} ({} vs {}), gradient scale {scale:.3e}, median |g| {:.3e}",
-        prod[at], reference[at], sorted[sorted.len() / 2]
+        prod[at],
+        reference[at],
+        sorted[sorted.len() / 2]
     );
     assert!(worst <= 1e-4, "{label}: {worst:.3e} > 1e-4");
     // The same check fails on a gradient off by a constant factor.
@@ -211,7 +213,10 @@ fn blockwise_unet_equals_one_graph_across_levels_and_chunks() {
         let chunked = tape.pieces().iter().filter(|p| p.name.contains(".core")).count();
         let (_, g) = unet.context_vjp(x.clone(), &ts, ctx.clone(), |_| r.clone(), &plan, &mut ()).unwrap();
         let e = rel(&block_on(read(g)).unwrap(), &g_ref);
-        eprintln!("plan {} KiB ({chunked} attention pieces): block-wise vs one graph {e:.2e}", plan.max_block_bytes >> 10);
+        eprintln!(
+            "plan {} KiB ({chunked} attention pieces): block-wise vs one graph {e:.2e}",
+            plan.max_block_bytes >> 10
+        );
         assert!(e < 1e-5, "{e}");
     }
     let (small_tape, _) = unet.tape(2, 12, 12, &MemPlan::blocks(12 << 10));

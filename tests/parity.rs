@@ -86,7 +86,10 @@ fn all_components_match_on_wgpu() {
     for round in 0..2 {
         let checks = block_on(parity::all(&sd, &io)).unwrap();
         eprintln!("round {round}:");
-        assert_all(&checks, &["text.last_hidden_state", "unet.out", "unet.grad_encoder_hidden_states (block-wise)", "vae.decoded"]);
+        assert_all(
+            &checks,
+            &["text.last_hidden_state", "unet.out", "unet.grad_encoder_hidden_states (block-wise)", "vae.decoded"],
+        );
     }
 }
 

@@ -12,9 +12,7 @@ use dreamdist::pipeline::{SampleConfig, encode_text, generate, sample_condition}
 use dreamdist::rng::Rng;
 use dreamdist::schedule::{NoiseSchedule, SamplerKind};
 use dreamdist::tokenizer::ClipTokenizer;
-use dreamdist::train::{
-    Mode, TrainConfig, Trainer, denoise_loss, dist_file, model_id, restore_from_file,
-};
+use dreamdist::train::{Mode, TrainConfig, Trainer, denoise_loss, dist_file, model_id, restore_from_file};
 
 fn tiny() -> StableDiffusion {
     let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny"));
@@ -101,7 +99,7 @@ fn training_learns_prompts_and_leaves_every_weight_bit_identical() {
         }
         t
     };
-    let untrained_t = block_on(Trainer::new(cfg(1), &sd, &tok, &imgs)).unwrap();
+    let untrained_t = block_on(Trainer::new(cfg(1), &sd, &tok, imgs)).unwrap();
     let v0 = block_on(read(untrained_t.prompts())).unwrap();
     let untrained = held_out_loss(&sd, &untrained_t.gaussian(&sd, &tok, &Template::bare()).unwrap(), held_out);
     let trainer = train(imgs);
@@ -288,7 +286,16 @@ fn authors_recipe_resumes_exactly() {
             tensor(rng.uniform_vec(3 * 16 * 24, -1.0, 1.0), [1, 3, 16, 24], &sd.device())
         })
         .collect();
-    let c = TrainConfig { k: 4, m: 2, samples: 2, resolution: 16, seed: 5, images_per_step: 2, steps: 6, ..TrainConfig::authors() };
+    let c = TrainConfig {
+        k: 4,
+        m: 2,
+        samples: 2,
+        resolution: 16,
+        seed: 5,
+        images_per_step: 2,
+        steps: 6,
+        ..TrainConfig::authors()
+    };
     let run = |steps: u64| {
         let mut t = block_on(Trainer::new(c.clone(), &sd, &tok, &imgs)).unwrap();
         for _ in 0..steps {
@@ -319,7 +326,17 @@ fn recipes_carry_their_settings() {
     let p = TrainConfig::paper();
     assert_eq!(
         (p.recipe, p.lambda, p.steps, p.images_per_step, p.optimizer, p.min_snr_gamma, p.crop, p.sigma, p.ortho_form),
-        (Recipe::Paper, 5e-3, 1500, 1, Optimizer::Adam, None, Crop::Center, SigmaEstimate::Population, OrthoForm::AbsPairs)
+        (
+            Recipe::Paper,
+            5e-3,
+            1500,
+            1,
+            Optimizer::Adam,
+            None,
+            Crop::Center,
+            SigmaEstimate::Population,
+            OrthoForm::AbsPairs
+        )
     );
     let a = TrainConfig::authors();
     assert_eq!(

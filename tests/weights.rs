@@ -30,8 +30,16 @@ fn convert_tiny(dir: &Path, quant: Quant) -> Manifest {
     let mut u = CheckpointSource::new(r("unet.safetensors"), &[]).unwrap();
     let mut v = CheckpointSource::new(r("vae.safetensors"), VaeConfig::key_rewrites()).unwrap();
     let mut sink = DirSink { dir: dir.to_path_buf() };
-    let m = block_on(convert(&backend::cpu_device(), &ModelSpec::tiny(), quant, [&mut t, &mut u, &mut v], &mut sink, "tiny fixtures", |_, _, _| {}))
-        .unwrap();
+    let m = block_on(convert(
+        &backend::cpu_device(),
+        &ModelSpec::tiny(),
+        quant,
+        [&mut t, &mut u, &mut v],
+        &mut sink,
+        "tiny fixtures",
+        |_, _, _| {},
+    ))
+    .unwrap();
     std::fs::write(dir.join("manifest.json"), m.to_json().unwrap()).unwrap();
     m
 }
@@ -85,7 +93,14 @@ fn every_scheme_loads_and_stays_within_its_error() {
         assert_eq!(m.identity.text_encoder, reference.identity);
         let got = outputs(&sd);
         let errs: Vec<f32> = got.iter().zip(&want).map(|(g, w)| rel_err(g, w)).collect();
-        eprintln!("{}: {} bytes; relative error text {:.2e}, unet {:.2e}, vae {:.2e}", quant.name(), m.total_bytes, errs[0], errs[1], errs[2]);
+        eprintln!(
+            "{}: {} bytes; relative error text {:.2e}, unet {:.2e}, vae {:.2e}",
+            quant.name(),
+            m.total_bytes,
+            errs[0],
+            errs[1],
+            errs[2]
+        );
         for e in &errs {
             assert!(*e <= tol, "{}: relative error {e:.3e} above {tol:e}", quant.name());
         }
@@ -144,7 +159,16 @@ fn random_weights_convert_like_the_in_memory_random_model() {
     let mut s = [RandomSource::new(5), RandomSource::new(6), RandomSource::new(7)];
     let [a, b, c] = &mut s;
     let mut sink = DirSink { dir: dir.clone() };
-    let m = block_on(convert(&backend::cpu_device(), &ModelSpec::tiny(), Quant::F32, [a, b, c], &mut sink, "random", |_, _, _| {})).unwrap();
+    let m = block_on(convert(
+        &backend::cpu_device(),
+        &ModelSpec::tiny(),
+        Quant::F32,
+        [a, b, c],
+        &mut sink,
+        "random",
+        |_, _, _| {},
+    ))
+    .unwrap();
     std::fs::write(dir.join("manifest.json"), m.to_json().unwrap()).unwrap();
     let loaded = load(&dir, &device).unwrap();
     let mem = StableDiffusion::random(ModelSpec::tiny(), &device, 5);

@@ -197,7 +197,16 @@ fn measure(
         parts.iter().map(|(k, v)| format!("{k} {:.2} s", v / 1000.0)).collect::<Vec<_>>().join(", ")
     };
     let gpu = meter.device.memory_pool_usage().map(|_| meter.peak);
-    let row = Row { what, size, first_ms, best_ms, cpu_s, peak_rss: if can_reset { peak_rss() } else { None }, peak_gpu: gpu, note };
+    let row = Row {
+        what,
+        size,
+        first_ms,
+        best_ms,
+        cpu_s,
+        peak_rss: if can_reset { peak_rss() } else { None },
+        peak_gpu: gpu,
+        note,
+    };
     report(&row);
     rows.push(row);
     Ok(())
@@ -241,11 +250,25 @@ pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
                 block_on(read(out.sum()))?;
                 Ok(())
             })?;
-            measure(&mut rows, &mut meter, "UNet fwd + block-wise bwd w.r.t. the conditioning".into(), size, a.iters, |m| {
-                let (_, g) = sd.unet.context_vjp(x.clone(), &[500.0], ctx.clone(), |o| o.clone() * (2.0 / o.shape().num_elements() as f32), &sd.plan, m)?;
-                block_on(read(g.sum()))?;
-                Ok(())
-            })?;
+            measure(
+                &mut rows,
+                &mut meter,
+                "UNet fwd + block-wise bwd w.r.t. the conditioning".into(),
+                size,
+                a.iters,
+                |m| {
+                    let (_, g) = sd.unet.context_vjp(
+                        x.clone(),
+                        &[500.0],
+                        ctx.clone(),
+                        |o| o.clone() * (2.0 / o.shape().num_elements() as f32),
+                        &sd.plan,
+                        m,
+                    )?;
+                    block_on(read(g.sum()))?;
+                    Ok(())
+                },
+            )?;
         }
         if a.what.iter().any(|w| w == "train") {
             let img: Tensor<4> = tensor(rng.uniform_vec(3 * size * size, -1.0, 1.0), [1, 3, size, size], &device);

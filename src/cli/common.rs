@@ -122,7 +122,12 @@ impl ModelArgs {
             (None, Some(base), _) => {
                 let (sd, _) = load_manifest(base, self.cache.as_deref(), &device, false)?;
                 if sd.spec.id != spec.id {
-                    anyhow::bail!("{base} holds model `{}`, not `{}` (give --model {})", sd.spec.id, spec.id, sd.spec.id);
+                    anyhow::bail!(
+                        "{base} holds model `{}`, not `{}` (give --model {})",
+                        sd.spec.id,
+                        spec.id,
+                        sd.spec.id
+                    );
                 }
                 sd
             }

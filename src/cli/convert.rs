@@ -36,7 +36,12 @@ enum Src {
 }
 
 impl TensorSource for Src {
-    async fn tensor(&mut self, name: &str, shape: &[usize], init: dreamdist::weights::Init) -> dreamdist::Result<Vec<f32>> {
+    async fn tensor(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        init: dreamdist::weights::Init,
+    ) -> dreamdist::Result<Vec<f32>> {
         match self {
             Src::Random(s) => s.tensor(name, shape, init).await,
             Src::Ckpt(s) => s.tensor(name, shape, init).await,
@@ -73,7 +78,10 @@ pub fn run(a: ConvertArgs) -> anyhow::Result<()> {
                     Src::Ckpt(CheckpointSource::new(unet, &[])?),
                     Src::Ckpt(CheckpointSource::new(vae, VaeConfig::key_rewrites())?),
                 ],
-                format!("converted from {}", dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()),
+                format!(
+                    "converted from {}",
+                    dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()
+                ),
             )
         }
         (None, Some(seed)) => (
@@ -91,13 +99,21 @@ pub fn run(a: ConvertArgs) -> anyhow::Result<()> {
     let mut sink = DirSink { dir: a.out.clone() };
     let [s0, s1, s2] = &mut srcs;
     let mut last = String::new();
-    let manifest = block_on(convert(&dreamdist::backend::cpu_device(), &spec, a.quant, [s0, s1, s2], &mut sink, &desc, |c, i, n| {
-        if c != last {
-            eprintln!("convert: {c} ({n} tensors)");
-            last = c.to_string();
-        }
-        let _ = i;
-    }))?;
+    let manifest = block_on(convert(
+        &dreamdist::backend::cpu_device(),
+        &spec,
+        a.quant,
+        [s0, s1, s2],
+        &mut sink,
+        &desc,
+        |c, i, n| {
+            if c != last {
+                eprintln!("convert: {c} ({n} tensors)");
+                last = c.to_string();
+            }
+            let _ = i;
+        },
+    ))?;
     let json = manifest.to_json()?;
     std::fs::write(a.out.join("manifest.json"), json).context("writing manifest.json")?;
     eprintln!("convert: {} in {:.1} s", a.out.display(), t0.elapsed().as_secs_f64());
@@ -110,6 +126,10 @@ pub fn run(a: ConvertArgs) -> anyhow::Result<()> {
             t.tensors
         );
     }
-    eprintln!("convert:   total {:.1} MB, identity {}", manifest.total_bytes as f64 / 1e6, manifest.identity.text_encoder);
+    eprintln!(
+        "convert:   total {:.1} MB, identity {}",
+        manifest.total_bytes as f64 / 1e6,
+        manifest.identity.text_encoder
+    );
     Ok(())
 }

@@ -45,14 +45,29 @@ impl Observer for Peak {
     }
 }
 
-fn step(kind: BackendKind, a: &CrosscheckArgs) -> anyhow::Result<(Vec<f32>, Vec<f32>, f32, f64, u64)> {
+/// One backend's result: initial V, ∂L/∂V, loss, milliseconds, peak pool bytes.
+struct StepResult {
+    v0: Vec<f32>,
+    grad: Vec<f32>,
+    loss: f32,
+    ms: f64,
+    peak: u64,
+}
+
+fn step(kind: BackendKind, a: &CrosscheckArgs) -> anyhow::Result<StepResult> {
     let (device, info) = dreamdist::backend::device(kind)?;
     let (mut sd, _) = load_manifest(&a.manifest.display().to_string(), None, &device, true)?;
     sd.plan = plan_for(kind, &info, (kind == BackendKind::Wgpu).then_some(a.max_binding));
     let tok = ClipTokenizer::sd2()?;
     let mut rng = Rng::new(3);
     let img: Tensor<4> = tensor(rng.uniform_vec(3 * a.size * a.size, -1.0, 1.0), [1, 3, a.size, a.size], &device);
-    let cfg = TrainConfig { k: a.k, m: a.m, samples: a.samples, resolution: a.size, ..TrainConfig::for_recipe(Recipe::Paper) };
+    let cfg = TrainConfig {
+        k: a.k,
+        m: a.m,
+        samples: a.samples,
+        resolution: a.size,
+        ..TrainConfig::for_recipe(Recipe::Paper)
+    };
     let mut t = block_on(Trainer::new(cfg, &sd, &tok, &[img]))?;
     let v0 = block_on(read(t.prompts()))?;
     let draws = t.next_draws(sd.spec.clip.hidden_size);
@@ -68,16 +83,18 @@ fn step(kind: BackendKind, a: &CrosscheckArgs) -> anyhow::Result<(Vec<f32>, Vec<
         ms / 1000.0,
         peak.1 as f64 / (1u64 << 30) as f64
     );
-    Ok((v0, g, loss, ms, peak.1))
+    Ok(StepResult { v0, grad: g, loss, ms, peak: peak.1 })
 }
 
 pub fn run(a: CrosscheckArgs) -> anyhow::Result<()> {
-    let (c0, dc, closs, cms, _) = step(BackendKind::Cpu, &a)?;
-    let (g0, dg, gloss, gms, gpeak) = step(BackendKind::Wgpu, &a)?;
-    anyhow::ensure!(c0 == g0, "the initial prompts differ between backends");
+    let c = step(BackendKind::Cpu, &a)?;
+    let g = step(BackendKind::Wgpu, &a)?;
+    anyhow::ensure!(c.v0 == g.v0, "the initial prompts differ between backends");
+    let (dc, dg) = (&c.grad, &g.grad);
+    let (closs, cms, gloss, gms, gpeak) = (c.loss, c.ms, g.loss, g.ms, g.peak);
     let scale = dc.iter().fold(0f32, |m, x| m.max(x.abs()));
-    let diff = dc.iter().zip(&dg).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    let same_sign = dc.iter().zip(&dg).filter(|(a, b)| a.signum() == b.signum()).count() as f64 / dc.len() as f64;
+    let diff = dc.iter().zip(dg).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let same_sign = dc.iter().zip(dg).filter(|(a, b)| a.signum() == b.signum()).count() as f64 / dc.len() as f64;
     println!(
         "{}",
         serde_json::json!({

@@ -7,7 +7,9 @@ use anyhow::Context;
 use clap::Args;
 use dreamdist::backend::{block_on, now_ms};
 use dreamdist::demo::SIDE;
-use dreamdist::demo::eval::{EvalConfig, EvalReport, EvalSampling, Metrics, QualityReport, evaluate, quality, reference_sets};
+use dreamdist::demo::eval::{
+    EvalConfig, EvalReport, EvalSampling, Metrics, QualityReport, evaluate, quality, reference_sets,
+};
 use dreamdist::pipeline::RgbImage;
 use dreamdist::tokenizer::ClipTokenizer;
 
@@ -92,7 +94,9 @@ fn report_md(q: Option<&QualityReport>, e: Option<&EvalReport>, header: &str) ->
             ("size (captions naming it)", q.size, None),
             ("all named attributes", q.all, None),
         ] {
-            let t = target.map_or("—".to_string(), |t: f32| format!("≥ {:.0}% {}", t * 100.0, if v >= t { "met" } else { "MISSED" }));
+            let t = target.map_or("—".to_string(), |t: f32| {
+                format!("≥ {:.0}% {}", t * 100.0, if v >= t { "met" } else { "MISSED" })
+            });
             writeln!(md, "| {name} | {:.1}% | {t} |", v * 100.0).unwrap();
         }
         writeln!(md).unwrap();
@@ -162,7 +166,13 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         None
     };
     let e = if a.what.iter().any(|w| w == "claims") {
-        let cfg = EvalConfig { steps: a.steps, samples: a.samples, sampling: sampling.clone(), seed: a.seed, ..Default::default() };
+        let cfg = EvalConfig {
+            steps: a.steps,
+            samples: a.samples,
+            sampling: sampling.clone(),
+            seed: a.seed,
+            ..Default::default()
+        };
         let sets: Vec<_> = reference_sets().into_iter().take(a.sets.clamp(1, 4)).collect();
         let report = block_on(evaluate(&sd, &tok, &cfg, &sets, |l| eprintln!("eval: {l}")))?;
         std::fs::create_dir_all(&a.sheets).with_context(|| format!("creating {}", a.sheets.display()))?;

@@ -189,10 +189,8 @@ pub fn metrics(set: &RefSet, samples: &[Vec<u8>], real_features: &[Vec<f32>]) ->
     let readings: Vec<Reading> = samples.iter().map(|s| read(s)).collect();
     let n = samples.len();
     let inside = readings.iter().filter(|r| set.contains(r)).count();
-    let combos: Vec<(Shape, Color, Size, Background)> = readings
-        .iter()
-        .filter_map(|r| Some((r.shape?, r.color?, r.size?, r.background)))
-        .collect();
+    let combos: Vec<(Shape, Color, Size, Background)> =
+        readings.iter().filter_map(|r| Some((r.shape?, r.color?, r.size?, r.background))).collect();
     let support: BTreeSet<_> = set.support().into_iter().collect();
     let hit: BTreeSet<_> = combos.iter().filter(|c| support.contains(c)).collect();
     let mut counts: BTreeMap<_, usize> = BTreeMap::new();
@@ -452,8 +450,9 @@ pub async fn evaluate(
         log(&format!("{}: DreamDistribution precision {:.2}", set.name, m_dd.precision));
         methods.push(("DreamDistribution".to_string(), m_dd));
         log(&format!("{}: training Textual Inversion ({} steps)", set.name, cfg.steps));
-        let ti = train_on(sd, tok, &refs, TrainConfig { k: 1, mode: Mode::TextualInversion, ..base.clone() }, |_, _| {})
-            .await?;
+        let ti =
+            train_on(sd, tok, &refs, TrainConfig { k: 1, mode: Mode::TextualInversion, ..base.clone() }, |_, _| {})
+                .await?;
         let g_ti = ti.gaussian(sd, tok, &Template::bare())?;
         let ti_imgs = sample_gaussian(sd, &g_ti, 1.0, cfg.samples, &uncond, s, seed0).await?;
         methods.push(("Textual Inversion".to_string(), metrics(set, &ti_imgs, &real)));
@@ -494,7 +493,9 @@ pub async fn evaluate(
         let bg_ok = readings.iter().filter(|r| r.background == cfg.edit_background).count() as f32 / imgs.len() as f32;
         let kept = readings
             .iter()
-            .filter(|r| r.shape.is_some_and(|x| set.shapes.contains(&x)) && r.color.is_some_and(|x| set.colors.contains(&x)))
+            .filter(|r| {
+                r.shape.is_some_and(|x| set.shapes.contains(&x)) && r.color.is_some_and(|x| set.colors.contains(&x))
+            })
             .count() as f32
             / imgs.len() as f32;
         sheet.push((format!("edit: {}", cfg.edit_template), imgs.iter().take(8).cloned().collect()));

@@ -20,8 +20,13 @@ pub use scene::{Attributes, Background, Color, Position, SIDE, Shape, Size};
 /// Attribute ids of a scene: `[shape, color, size, position, background]` (indices into each
 /// enum's `ALL`).
 pub fn attribute_ids(a: &Attributes) -> [u8; 5] {
-    [a.shape.index() as u8, a.color.index() as u8, a.size.index() as u8, a.position.index() as u8, a.background.index()
-        as u8]
+    [
+        a.shape.index() as u8,
+        a.color.index() as u8,
+        a.size.index() as u8,
+        a.position.index() as u8,
+        a.background.index() as u8,
+    ]
 }
 
 /// Samples `start..start + n` of the data set `seed` as a safetensors file: `images` U8

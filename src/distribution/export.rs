@@ -72,10 +72,11 @@ pub struct Projection {
 /// of the prompts (power iteration on the K×K Gram matrix of the centred prompts).
 pub fn pca(prompts: &[f32], samples: &[f32], dim: usize) -> Result<Projection> {
     let k = prompts.len() / dim.max(1);
-    if k < 2 || prompts.len() != k * dim || samples.len() % dim != 0 {
+    if k < 2 || prompts.len() != k * dim || !samples.len().is_multiple_of(dim) {
         return Err(Error::Invalid("PCA needs at least two prompts of the same width".into()));
     }
-    let mean: Vec<f64> = (0..dim).map(|j| (0..k).map(|i| prompts[i * dim + j] as f64).sum::<f64>() / k as f64).collect();
+    let mean: Vec<f64> =
+        (0..dim).map(|j| (0..k).map(|i| prompts[i * dim + j] as f64).sum::<f64>() / k as f64).collect();
     let centred: Vec<Vec<f64>> =
         (0..k).map(|i| (0..dim).map(|j| prompts[i * dim + j] as f64 - mean[j]).collect()).collect();
     let mut gram = vec![vec![0f64; k]; k];

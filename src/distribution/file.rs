@@ -662,7 +662,10 @@ impl DistFile {
         if let Some(i) = &self.model.identity
             && !hex64(i)
         {
-            return Err(FileError::InvalidField { field: "model.identity", reason: "must be 64 lowercase hex digits".into() });
+            return Err(FileError::InvalidField {
+                field: "model.identity",
+                reason: "must be 64 lowercase hex digits".into(),
+            });
         }
         if let Some(r) = &self.train.recipe
             && !RECIPES.contains(&r.as_str())
@@ -974,7 +977,12 @@ mod tests {
             m,
             hidden,
             prompts: (0..n).map(|_| rng.normal() * 0.3).collect(),
-            model: ModelId { id: "tiny".into(), hidden_size: hidden, text_encoder_sha256: "ab".repeat(32), identity: None },
+            model: ModelId {
+                id: "tiny".into(),
+                hidden_size: hidden,
+                text_encoder_sha256: "ab".repeat(32),
+                identity: None,
+            },
             train: TrainInfo {
                 steps: 1500,
                 lr: 0.001,

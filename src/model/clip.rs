@@ -178,7 +178,11 @@ impl ClipTextEncoder {
         let e = vb.pp("embeddings");
         Self {
             token_embedding: e.host_table("token_embedding.weight", [c.vocab_size, c.hidden_size], Init::Normal(0.02)),
-            position_embedding: e.matrix("position_embedding.weight", [c.max_position, c.hidden_size], Init::Normal(0.01)),
+            position_embedding: e.matrix(
+                "position_embedding.weight",
+                [c.max_position, c.hidden_size],
+                Init::Normal(0.01),
+            ),
             layers: (0..c.num_layers).map(|i| ClipLayer::new(&vb.pp(format!("encoder.layers.{i}")), c)).collect(),
             final_layer_norm: LayerNorm::new(&vb.pp("final_layer_norm"), c.hidden_size, c.layer_norm_eps),
         }
@@ -244,7 +248,11 @@ impl ClipTextEncoder {
         let out = vals.get(s.out).expect("kept").t3();
         let g = g_out(&out);
         let grads = tape.backward(vals, vec![(s.out, g.into())], &[s.embeds], obs)?;
-        let g = grads.into_iter().next().flatten().ok_or_else(|| Error::Device("no gradient reached the embeddings".into()))?;
+        let g = grads
+            .into_iter()
+            .next()
+            .flatten()
+            .ok_or_else(|| Error::Device("no gradient reached the embeddings".into()))?;
         Ok((out, g.t3()))
     }
 

@@ -174,7 +174,15 @@ impl StableDiffusion {
         let v = load_from_bytes(vae, VaeConfig::key_rewrites(), device, |vb| Vae::new(vb, &spec.vae))
             .map_err(ctx("vae"))?;
         let identity = Self::identity_of(&spec, &t);
-        Ok(Self { spec, text: t, unet: u, vae: v, identity, legacy_text_sha256: Some(legacy), plan: MemPlan::default() })
+        Ok(Self {
+            spec,
+            text: t,
+            unet: u,
+            vae: v,
+            identity,
+            legacy_text_sha256: Some(legacy),
+            plan: MemPlan::default(),
+        })
     }
 
     /// Builds the model from a converted model's tensors (all shards ingested).
@@ -190,7 +198,15 @@ impl StableDiffusion {
         let vb = Vb::new(src.component("vae"), device);
         let vae = Vae::new(&vb, &spec.vae);
         vb.finish()?;
-        Ok(Self { spec, text, unet, vae, identity: m.identity.text_encoder, legacy_text_sha256: None, plan: MemPlan::default() })
+        Ok(Self {
+            spec,
+            text,
+            unet,
+            vae,
+            identity: m.identity.text_encoder,
+            legacy_text_sha256: None,
+            plan: MemPlan::default(),
+        })
     }
 
     /// Native: loads a diffusers-layout directory (`text_encoder/model.safetensors`,

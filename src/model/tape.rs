@@ -204,7 +204,12 @@ impl<'a> Tape<'a> {
     ) -> Vec<Slot> {
         let outputs: Vec<Slot> = (self.slots..self.slots + n_out).collect();
         self.slots += n_out;
-        self.pieces.push(Piece { name: format!("{}{}", self.prefix, name.into()), inputs: inputs.to_vec(), outputs: outputs.clone(), f: Box::new(f) });
+        self.pieces.push(Piece {
+            name: format!("{}{}", self.prefix, name.into()),
+            inputs: inputs.to_vec(),
+            outputs: outputs.clone(),
+            f: Box::new(f),
+        });
         outputs
     }
 
@@ -221,13 +226,7 @@ impl<'a> Tape<'a> {
     /// Runs the tape on `inputs` (slot, value). With `keep_all`, every slot stays (the
     /// boundaries for [`backward`](Self::backward)); otherwise each slot is dropped after its
     /// last reader, except those in `keep`.
-    pub fn forward(
-        &self,
-        inputs: Vec<(Slot, Val)>,
-        keep_all: bool,
-        keep: &[Slot],
-        obs: &mut dyn Observer,
-    ) -> Values {
+    pub fn forward(&self, inputs: Vec<(Slot, Val)>, keep_all: bool, keep: &[Slot], obs: &mut dyn Observer) -> Values {
         let mut vals: Vec<Option<Val>> = vec![None; self.slots];
         for (s, v) in inputs {
             vals[s] = Some(v);
@@ -309,11 +308,8 @@ impl<'a> Tape<'a> {
                 })
                 .collect::<Result<_>>()?;
             let outs = (p.f)(&args);
-            let surrogate = out_g
-                .iter()
-                .map(|(i, g)| outs[*i].dot(g))
-                .reduce(|a, b| a + b)
-                .expect("at least one output gradient");
+            let surrogate =
+                out_g.iter().map(|(i, g)| outs[*i].dot(g)).reduce(|a, b| a + b).expect("at least one output gradient");
             drop(outs);
             let g = surrogate.backward();
             for ((&s, a), &w) in p.inputs.iter().zip(&args).zip(&wants) {

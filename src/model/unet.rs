@@ -479,7 +479,11 @@ impl UNet {
         let out = vals.get(s.out).expect("kept").t4();
         let g = g_out(&out);
         let grads = tape.backward(vals, vec![(s.out, g.into())], &[s.context], obs)?;
-        let g = grads.into_iter().next().flatten().ok_or_else(|| crate::Error::Device("no gradient reached the context".into()))?;
+        let g = grads
+            .into_iter()
+            .next()
+            .flatten()
+            .ok_or_else(|| crate::Error::Device("no gradient reached the context".into()))?;
         Ok((out, g.t3()))
     }
 
@@ -502,18 +506,33 @@ impl UNet {
         });
         let qkv = tape.piece(format!("{name}.attn1.qkv"), &[t0], 3, move |x| {
             let y = blk.norm1.forward(x[0].t3());
-            vec![blk.attn1.to_q.forward(y.clone()).into(), blk.attn1.to_k.forward(y.clone()).into(), blk.attn1.to_v.forward(y).into()]
+            vec![
+                blk.attn1.to_q.forward(y.clone()).into(),
+                blk.attn1.to_k.forward(y.clone()).into(),
+                blk.attn1.to_v.forward(y).into(),
+            ]
         });
         let heads = blk.attn1.heads;
-        let o1 = attention_pieces(tape, &format!("{name}.attn1"), [qkv[0], qkv[1], qkv[2]], [n, l, l], heads, false, plan);
+        let o1 =
+            attention_pieces(tape, &format!("{name}.attn1"), [qkv[0], qkv[1], qkv[2]], [n, l, l], heads, false, plan);
         let t1 = tape.piece1(format!("{name}.attn1.out"), &[t0, o1], move |x| {
             (x[0].t3() + blk.attn1.to_out.forward(x[1].t3())).into()
         });
-        let q2 = tape.piece1(format!("{name}.attn2.q"), &[t1], move |x| blk.attn2.to_q.forward(blk.norm2.forward(x[0].t3())).into());
+        let q2 = tape.piece1(format!("{name}.attn2.q"), &[t1], move |x| {
+            blk.attn2.to_q.forward(blk.norm2.forward(x[0].t3())).into()
+        });
         let kv2 = tape.piece(format!("{name}.attn2.kv"), &[ctx], 2, move |x| {
             vec![blk.attn2.to_k.forward(x[0].t3()).into(), blk.attn2.to_v.forward(x[0].t3()).into()]
         });
-        let o2 = attention_pieces(tape, &format!("{name}.attn2"), [q2, kv2[0], kv2[1]], [n, l, crate::tokenizer::MAX_LEN], heads, false, plan);
+        let o2 = attention_pieces(
+            tape,
+            &format!("{name}.attn2"),
+            [q2, kv2[0], kv2[1]],
+            [n, l, crate::tokenizer::MAX_LEN],
+            heads,
+            false,
+            plan,
+        );
         let t2 = tape.piece1(format!("{name}.attn2.out"), &[t1, o2], move |x| {
             (x[0].t3() + blk.attn2.to_out.forward(x[1].t3())).into()
         });
@@ -551,7 +570,15 @@ impl UNet {
                     resnet.forward(v[0].t4(), Some(&v[1].t2())).into()
                 });
                 if let Some(attn) = level.attentions.get(j) {
-                    hs = self.transformer_pieces(&mut tape, &format!("down{i}.attn{j}"), attn, hs, context, [n, c, hh, ww], plan);
+                    hs = self.transformer_pieces(
+                        &mut tape,
+                        &format!("down{i}.attn{j}"),
+                        attn,
+                        hs,
+                        context,
+                        [n, c, hh, ww],
+                        plan,
+                    );
                 }
                 skips.push((hs, hh, ww));
             }
@@ -564,9 +591,13 @@ impl UNet {
             down_slots.push(hs);
         }
         let top = boc(self.down.last().expect("levels"));
-        hs = tape.piece1("mid.resnet0", &[hs, temb_act], move |v| self.mid_resnet_1.forward(v[0].t4(), Some(&v[1].t2())).into());
+        hs = tape.piece1("mid.resnet0", &[hs, temb_act], move |v| {
+            self.mid_resnet_1.forward(v[0].t4(), Some(&v[1].t2())).into()
+        });
         hs = self.transformer_pieces(&mut tape, "mid.attn", &self.mid_attention, hs, context, [n, top, hh, ww], plan);
-        hs = tape.piece1("mid.resnet1", &[hs, temb_act], move |v| self.mid_resnet_2.forward(v[0].t4(), Some(&v[1].t2())).into());
+        hs = tape.piece1("mid.resnet1", &[hs, temb_act], move |v| {
+            self.mid_resnet_2.forward(v[0].t4(), Some(&v[1].t2())).into()
+        });
         let mid = hs;
         for (i, level) in self.up.iter().enumerate() {
             let c = level.resnets[0].conv1.weight.val().dims()[0];
@@ -577,17 +608,28 @@ impl UNet {
                     resnet.forward(Tensor::cat(vec![v[0].t4(), v[1].t4()], 1), Some(&v[2].t2())).into()
                 });
                 if let Some(attn) = level.attentions.get(j) {
-                    hs = self.transformer_pieces(&mut tape, &format!("up{i}.attn{j}"), attn, hs, context, [n, c, hh, ww], plan);
+                    hs = self.transformer_pieces(
+                        &mut tape,
+                        &format!("up{i}.attn{j}"),
+                        attn,
+                        hs,
+                        context,
+                        [n, c, hh, ww],
+                        plan,
+                    );
                 }
             }
             if let Some(conv) = &level.sampler {
-                hs = tape.piece1(format!("up{i}.upsample"), &[hs], move |v| conv.forward(upsample_nearest2x(v[0].t4())).into());
+                hs = tape.piece1(format!("up{i}.upsample"), &[hs], move |v| {
+                    conv.forward(upsample_nearest2x(v[0].t4())).into()
+                });
                 let (_, sh, sw) = *skips.last().expect("skip of the next level");
                 hh = sh;
                 ww = sw;
             }
         }
-        let out = tape.piece1("out", &[hs], move |v| self.conv_out.forward(silu(self.conv_norm_out.forward(v[0].t4()))).into());
+        let out = tape
+            .piece1("out", &[hs], move |v| self.conv_out.forward(silu(self.conv_norm_out.forward(v[0].t4()))).into());
         (tape, UNetSlots { x, t_proj, context, out, temb, conv_in, down: down_slots, mid })
     }
 

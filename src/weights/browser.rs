@@ -118,8 +118,10 @@ pub async fn opfs_dir(name: &str) -> Result<FileSystemDirectoryHandle> {
         .unchecked_into();
     let opts = FileSystemGetDirectoryOptions::new();
     opts.set_create(true);
-    let top: FileSystemDirectoryHandle =
-        JsFuture::from(root.get_directory_handle_with_options("dreamdist", &opts)).await.map_err(opfs_err)?.unchecked_into();
+    let top: FileSystemDirectoryHandle = JsFuture::from(root.get_directory_handle_with_options("dreamdist", &opts))
+        .await
+        .map_err(opfs_err)?
+        .unchecked_into();
     Ok(JsFuture::from(top.get_directory_handle_with_options(name, &opts)).await.map_err(opfs_err)?.unchecked_into())
 }
 
@@ -169,11 +171,7 @@ async fn write_file(dir: &FileSystemDirectoryHandle, name: &str, bytes: &[u8]) -
         wo.set_at(0.0);
         let n = h.write_with_u8_array_and_options(bytes, &wo).map_err(|e| {
             let msg = js_msg(&e);
-            if msg.contains("Quota") {
-                Error::Device(format!("QuotaExceeded: {msg}"))
-            } else {
-                opfs_err(e)
-            }
+            if msg.contains("Quota") { Error::Device(format!("QuotaExceeded: {msg}")) } else { opfs_err(e) }
         })?;
         if n as usize != bytes.len() {
             return Err(Error::Device(format!("wrote {n} of {} bytes", bytes.len())));
@@ -285,7 +283,9 @@ async fn quota_message(needed: usize, e: Error) -> Error {
             mb(quota),
             mb(needed as f64)
         ),
-        None => format!("the browser's storage for this page is full ({:.1} MB could not be stored)", mb(needed as f64)),
+        None => {
+            format!("the browser's storage for this page is full ({:.1} MB could not be stored)", mb(needed as f64))
+        }
     })
 }
 

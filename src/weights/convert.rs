@@ -139,12 +139,7 @@ impl<S: ShardSink> ShardWriter<'_, S> {
         let file = format!("{}-{n:03}.bin", self.component);
         let sha256 = super::hex(&sha2::Sha256::digest(&self.buf));
         self.sink.write(&file, &self.buf).await?;
-        self.shards.push(ShardEntry {
-            file,
-            sha256,
-            bytes: self.buf.len() as u64,
-            component: self.component.clone(),
-        });
+        self.shards.push(ShardEntry { file, sha256, bytes: self.buf.len() as u64, component: self.component.clone() });
         self.buf.clear();
         Ok(())
     }

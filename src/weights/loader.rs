@@ -304,10 +304,8 @@ async fn fetch_shard<T: Transport, C: ShardCache>(
             Err(FetchError::Status(416)) if start > 0 => {
                 // Nothing at byte `start`: the server's file is shorter than the manifest says.
                 report.corrupt += 1;
-                last_err = format!(
-                    "the server's copy ends before byte {start}; the manifest says {} bytes",
-                    shard.bytes
-                );
+                last_err =
+                    format!("the server's copy ends before byte {start}; the manifest says {} bytes", shard.bytes);
                 report.events.push(format!("{}: {last_err}; discarded", shard.file));
                 corrupt += 1;
             }
@@ -345,7 +343,7 @@ pub struct ManifestSource {
 }
 
 enum Stored {
-    Device(DeviceTensor),
+    Device(Box<DeviceTensor>),
     Host(HostTable),
 }
 
@@ -415,7 +413,8 @@ impl ManifestSource {
 
 fn build(t: &TensorEntry, bytes: Vec<u8>, device: &Device) -> Result<Stored> {
     if t.layout == Layout::HostTable {
-        let shape: [usize; 2] = t.shape.clone().try_into().map_err(|_| Error::Weights(format!("{}: not 2-D", t.name)))?;
+        let shape: [usize; 2] =
+            t.shape.clone().try_into().map_err(|_| Error::Weights(format!("{}: not 2-D", t.name)))?;
         return Ok(Stored::Host(HostTable { shape, storage: t.storage, bytes: std::sync::Arc::new(bytes) }));
     }
     let data = match t.storage {
@@ -426,7 +425,7 @@ fn build(t: &TensorEntry, bytes: Vec<u8>, device: &Device) -> Result<Stored> {
         s => quant::tensor_data(bytes, &t.shape, s)?,
     };
     let widen = t.storage == Storage::F16 && device.supports_dtype(DType::F16);
-    Ok(Stored::Device(match t.shape.len() {
+    Ok(Stored::Device(Box::new(match t.shape.len() {
         1 => {
             let x = Tensor::<1>::from_data(data, device);
             DeviceTensor::R1(if widen { x.cast(burn::tensor::FloatDType::F32) } else { x })
@@ -436,7 +435,7 @@ fn build(t: &TensorEntry, bytes: Vec<u8>, device: &Device) -> Result<Stored> {
             DeviceTensor::R2(if widen { x.cast(burn::tensor::FloatDType::F32) } else { x })
         }
         r => return Err(Error::Weights(format!("{}: rank {r} tensors are not stored", t.name))),
-    }))
+    })))
 }
 
 /// The tensors of one component of a converted model.
@@ -523,7 +522,8 @@ pub async fn load_shards<T: Transport, C: ShardCache>(
         let total = source.manifest.component_bytes(&shard.component);
         let done = *comp_done.get(&shard.component).unwrap_or(&0);
         let bytes =
-            fetch_shard(transport, cache, base, &shard, retry, &mut report, &mut meter, progress, (done, total)).await?;
+            fetch_shard(transport, cache, base, &shard, retry, &mut report, &mut meter, progress, (done, total))
+                .await?;
         source.ingest(i, &bytes)?;
         drop(bytes);
         *comp_done.entry(shard.component.clone()).or_default() += shard.bytes;

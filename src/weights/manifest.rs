@@ -182,8 +182,7 @@ impl Manifest {
         if bytes.len() > MAX_MANIFEST_BYTES {
             return Err(invalid(format!("{} bytes, over the {MAX_MANIFEST_BYTES}-byte limit", bytes.len())));
         }
-        let probe: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| invalid(format!("not JSON: {e}")))?;
+        let probe: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| invalid(format!("not JSON: {e}")))?;
         match probe.get("format").and_then(|v| v.as_str()) {
             Some(FORMAT) => {}
             other => return Err(invalid(format!("format is {other:?}, expected {FORMAT:?}"))),
@@ -191,7 +190,9 @@ impl Manifest {
         match probe.get("version").and_then(|v| v.as_u64()) {
             Some(v) if v >= 1 && v <= VERSION as u64 => {}
             Some(v) if v > VERSION as u64 => {
-                return Err(invalid(format!("version {v} was written by a newer dreamdist (this one reads {VERSION})")));
+                return Err(invalid(format!(
+                    "version {v} was written by a newer dreamdist (this one reads {VERSION})"
+                )));
             }
             other => return Err(invalid(format!("version {other:?} is not supported"))),
         }
@@ -261,12 +262,19 @@ impl Manifest {
             if !names.insert(t.name.as_str()) {
                 return Err(invalid(format!("tensor {:?} listed twice", t.name)));
             }
-            let n = t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).filter(|&n| n > 0 && n <= MAX_TENSOR_ELEMENTS);
+            let n = t
+                .shape
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .filter(|&n| n > 0 && n <= MAX_TENSOR_ELEMENTS);
             if n.is_none() || t.shape.is_empty() || t.shape.len() > 4 {
                 return Err(invalid(format!("tensor {}: shape {:?} is out of range", t.name, t.shape)));
             }
             if !t.storage.fits(&t.shape) {
-                return Err(invalid(format!("tensor {}: shape {:?} cannot be stored as {:?}", t.name, t.shape, t.storage)));
+                return Err(invalid(format!(
+                    "tensor {}: shape {:?} cannot be stored as {:?}",
+                    t.name, t.shape, t.storage
+                )));
             }
             match t.layout {
                 Layout::LinearT | Layout::HostTable if t.shape.len() != 2 => {
@@ -294,7 +302,10 @@ impl Manifest {
                     )));
                 }
                 if shard.component != t.component() {
-                    return Err(invalid(format!("tensor {} lies in shard {} of another component", t.name, shard.file)));
+                    return Err(invalid(format!(
+                        "tensor {} lies in shard {} of another component",
+                        t.name, shard.file
+                    )));
                 }
                 ranges[p.shard].push((p.offset, p.offset + p.length));
                 sum += p.length;

@@ -138,7 +138,7 @@ pub enum Provided {
     /// Checkpoint-layout f32 values (dense sources; [`Vb`] converts the layout).
     Values(Vec<f32>),
     /// A device tensor in device layout (converted models).
-    Device(DeviceTensor),
+    Device(Box<DeviceTensor>),
     /// A host table.
     Host(HostTable),
 }
@@ -283,7 +283,10 @@ impl Vb {
                 let v = if role == Role::Linear { transpose(&v, ckpt[0], ckpt[1]) } else { v };
                 self.dense(v, stored)
             }
-            Provided::Device(DeviceTensor::R2(t)) => t,
+            Provided::Device(t) if matches!(*t, DeviceTensor::R2(_)) => match *t {
+                DeviceTensor::R2(t) => t,
+                DeviceTensor::R1(_) => unreachable!("checked"),
+            },
             _ => panic!("the source gave no 2-D device tensor for {}", self.full_name(name)),
         }
     }
@@ -303,7 +306,10 @@ impl Vb {
         Self::frozen(match self.request(name, &[n], Role::Vector, init) {
             Provided::Values(v) if self.dry || v.is_empty() => self.dense(vec![0.0; n], [n]),
             Provided::Values(v) => self.dense(v, [n]),
-            Provided::Device(DeviceTensor::R1(t)) => t,
+            Provided::Device(t) if matches!(*t, DeviceTensor::R1(_)) => match *t {
+                DeviceTensor::R1(t) => t,
+                DeviceTensor::R2(_) => unreachable!("checked"),
+            },
             _ => panic!("the source gave no 1-D tensor for {}", self.full_name(name)),
         })
     }

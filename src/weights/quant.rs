@@ -164,10 +164,14 @@ pub fn decode_rows(bytes: &[u8], shape: [usize; 2], storage: Storage, rows: &[us
         }
         match storage {
             Storage::F32 => out.extend(
-                bytes[4 * row * c..4 * (row + 1) * c].chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())),
+                bytes[4 * row * c..4 * (row + 1) * c]
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap())),
             ),
             Storage::F16 => out.extend(
-                bytes[2 * row * c..2 * (row + 1) * c].chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+                bytes[2 * row * c..2 * (row + 1) * c]
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
             ),
             Storage::Q8 | Storage::Q4 => {
                 // Rows are whole blocks (c is a multiple of the block), so a row decodes alone.

@@ -92,10 +92,7 @@ impl<T: Transport> TensorSource for RemoteSafetensors<T> {
             self.tensors.get(name).ok_or_else(|| Error::Weights(format!("{}: no tensor {name}", self.url)))?;
         let squeeze = |s: &[usize]| s.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
         if info.shape != shape && squeeze(&info.shape) != squeeze(shape) {
-            return Err(Error::Weights(format!(
-                "{}: {orig} has shape {:?}, expected {shape:?}",
-                self.url, info.shape
-            )));
+            return Err(Error::Weights(format!("{}: {orig} has shape {:?}, expected {shape:?}", self.url, info.shape)));
         }
         let n: usize = shape.iter().product();
         let width = match info.dtype.as_str() {
@@ -120,8 +117,7 @@ impl<T: Transport> TensorSource for RemoteSafetensors<T> {
     }
 
     fn finish(&mut self) -> Result<()> {
-        let mut unexpected: Vec<&String> =
-            self.tensors.keys().filter(|k| !self.used.contains(*k)).collect();
+        let mut unexpected: Vec<&String> = self.tensors.keys().filter(|k| !self.used.contains(*k)).collect();
         unexpected.sort();
         if unexpected.is_empty() {
             Ok(())
