@@ -2,8 +2,10 @@
 # Builds the browser app: dreamdist (lib) for wasm32, then wasm-bindgen (--target web) into pkg/,
 # optionally wasm-opt, then gzip (the server sends the .gz). Cached target dir outside the clone.
 #
-#   DREAMDIST_WASM_PROFILE   cargo profile: `web` (default: release + fat LTO, one codegen unit;
-#                            Cargo.toml) or `release` (faster to build, larger module)
+#   DREAMDIST_WASM_PROFILE   cargo profile: `web` (release + fat LTO, one codegen unit; Cargo.toml:
+#                            the module users get, e.g. from `trunk build`) or `release` (builds
+#                            faster, larger module). Default: `web`, except under CI (CI=true),
+#                            where `release` keeps the cold build within CI's time budget.
 #   DREAMDIST_WASM_OPT       1: run wasm-opt (npm `binaryen`, from tests/e2e/node_modules or PATH;
 #                            Debian's binaryen 108 breaks the module) with DREAMDIST_WASM_OPT_FLAGS
 #                            (default -O2); 0 (default): skip it (it takes minutes here and
@@ -16,7 +18,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/wasm-env.sh
 source scripts/wasm-env.sh
-profile="${DREAMDIST_WASM_PROFILE:-web}"
+default_profile=web
+[ "${CI:-}" = true ] && default_profile=release
+profile="${DREAMDIST_WASM_PROFILE:-$default_profile}"
 t0=$SECONDS
 CARGO_TARGET_DIR="$WASM_TARGET_DIR" cargo build -q --lib --profile "$profile" "${WASM_CARGO_FLAGS[@]}"
 cargo_s=$((SECONDS - t0))

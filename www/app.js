@@ -219,10 +219,10 @@ function modelOptions() {
   return out;
 }
 
+/** Whether a model directory exists (asked by the worker: see its `probe` command). */
 async function probe(url) {
   try {
-    const res = await fetch(new URL("manifest.json", new URL(url, location.href)), { method: "HEAD", cache: "no-store" });
-    return res.ok;
+    return await client.call("probe", new URL("manifest.json", new URL(url, location.href)).href);
   } catch {
     return false;
   }

@@ -26,6 +26,7 @@
 //                                      between steps.
 //   trainSnapshot()                  → Uint8Array: the distribution learned so far (f16 .ddist)
 //   ⚡ trainPause() / ⚡ trainResume() / ⚡ trainCancel() / ⚡ cancel(job)
+//   ⚡ probe(url)                    → whether the URL exists (HEAD)
 //   debugCrash()                     a deliberate panic inside the engine (tests)
 //   ⚡ debugLoseDevice()              destroys the GPU device (tests of "device lost")
 //
@@ -469,6 +470,15 @@ const gpuCommands = {
 };
 
 const controlCommands = {
+  // Whether a URL exists (a HEAD request from here, so that a missing optional file, such as a
+  // model that is not bundled, is logged as the worker's and not as a page error).
+  probe: async (url) => {
+    try {
+      return (await fetch(url, { method: "HEAD", cache: "no-store" })).ok;
+    } catch {
+      return false;
+    }
+  },
   trainPause,
   trainResume,
   trainCancel,
