@@ -203,7 +203,8 @@ impl Engine {
     /// Initialises WebGPU (asynchronously) and burn's runtime on it. `options.maxBinding`
     /// plans memory for a smaller binding limit than the adapter's (tests of the defaults).
     pub async fn create(options: JsValue) -> Result<Engine, JsValue> {
-        let opts: CreateOptions = if options.is_undefined() || options.is_null() { Default::default() } else { from_js(options)? };
+        let opts: CreateOptions =
+            if options.is_undefined() || options.is_null() { Default::default() } else { from_js(options)? };
         let (device, info) = backend::wgpu_device_async().await.map_err(js_err)?;
         let limit = opts.max_binding.unwrap_or(info.max_storage_buffer_binding_size.min(info.max_buffer_size));
         let plan = MemPlan::for_binding_limit(limit);
@@ -284,10 +285,9 @@ impl Engine {
         let mut transport = FetchTransport::default();
         let murl = crate::weights::loader::join(url, "manifest.json");
         let mut bytes = vec![];
-        let fetched = crate::weights::loader::Transport::get(&mut transport, &murl, 0, None, &mut |c| {
-            bytes.extend_from_slice(c)
-        })
-        .await;
+        let fetched =
+            crate::weights::loader::Transport::get(&mut transport, &murl, 0, None, &mut |c| bytes.extend_from_slice(c))
+                .await;
         match fetched {
             Ok(()) => {
                 let m = Manifest::from_json(&bytes).map_err(|e| js_err(format!("{murl}: {e}")))?;
@@ -397,7 +397,12 @@ impl Engine {
     /// Starts training on reference images (encoded files) with `config` (TrainConfig fields;
     /// missing ones take the recipe's defaults). Returns the full configuration.
     #[wasm_bindgen(js_name = trainStart)]
-    pub async fn train_start(&mut self, images: js_sys::Array, names: js_sys::Array, config: JsValue) -> Result<JsValue, JsValue> {
+    pub async fn train_start(
+        &mut self,
+        images: js_sys::Array,
+        names: js_sys::Array,
+        config: JsValue,
+    ) -> Result<JsValue, JsValue> {
         let sd = self.sd()?;
         let mut cfg_json: serde_json::Value = from_js(config)?;
         let recipe = cfg_json.get("recipe").and_then(|r| r.as_str()).unwrap_or("paper").to_string();
@@ -415,7 +420,8 @@ impl Engine {
             let bytes = Uint8Array::new(&img).to_vec();
             let name = names.get(i as u32).as_string().unwrap_or_else(|| format!("image {}", i + 1));
             tensors.push(
-                crate::image::load_for_training(&bytes, cfg.resolution, cfg.crop, &name, &self.device).map_err(js_err)?,
+                crate::image::load_for_training(&bytes, cfg.resolution, cfg.crop, &name, &self.device)
+                    .map_err(js_err)?,
             );
         }
         let trainer = Trainer::new(cfg.clone(), sd, &self.tokenizer, &tensors).await.map_err(js_err)?;
@@ -532,7 +538,8 @@ impl Engine {
         let eos = layout.eos;
         let prompts = read(c.narrow(1, eos, 1)).await.map_err(js_err)?;
         let mut rng = Rng::new(seed);
-        let omega = tensor(rng.normal_vec(n.min(512) * MAX_LEN * f.hidden), [n.min(512), MAX_LEN, f.hidden], &self.device);
+        let omega =
+            tensor(rng.normal_vec(n.min(512) * MAX_LEN * f.hidden), [n.min(512), MAX_LEN, f.hidden], &self.device);
         let samples = read(g.sample(omega, gamma).narrow(1, eos, 1)).await.map_err(js_err)?;
         let p = crate::distribution::export::pca(&prompts, &samples, f.hidden).map_err(js_err)?;
         to_js(&p)
