@@ -52,6 +52,10 @@
 //   "wasm" (module failed to load), "device" (Engine.create() failed), "command" (a command
 //   threw), "cancelled" (a command was cancelled), "crashed" (see above).
 
+// Must run before the WebAssembly module creates its device: it requests `subgroups` and relaxes
+// Tint's subgroup-uniformity check for cubecl's tuned kernels (see the module's header).
+import { shimReport } from "./webgpu-shim.js";
+
 const WASM_MODULE = "../pkg/dreamdist.js";
 
 let engine = null;
@@ -131,12 +135,9 @@ function watchDevices() {
   if (!proto || proto.__dreamdistWrapped) return;
   const requestDevice = proto.requestDevice;
   proto.requestDevice = async function (descriptor = {}, ...rest) {
-    // burn/cubecl's autotuned matmul kernels may `enable subgroups;` although wgpu never asks
-    // the browser for that feature: the shader module is then invalid and the device is
-    // poisoned (see /work/shared/notes/toolchain.md). Ask for it whenever the adapter has it.
-    const features = new Set(descriptor.requiredFeatures ?? []);
-    if (this.features.has("subgroups")) features.add("subgroups");
-    const device = await requestDevice.call(this, { ...descriptor, requiredFeatures: [...features] }, ...rest);
+    // The `subgroups` feature and the uniformity diagnostic are added by webgpu-shim.js (which
+    // wrapped requestDevice first and runs inside this call).
+    const device = await requestDevice.call(this, descriptor, ...rest);
     gpuDevice = device;
     device.lost.then((info) => {
       if (!crashed) crash("device-lost", `the GPU device was lost (${info.reason || "unknown reason"}): ${info.message || "no details"}`);
@@ -198,7 +199,7 @@ async function start() {
   } catch (err) {
     throw new EngineError("device", String(err?.message ?? err), err?.stack ?? "");
   }
-  const adapter = { ...engine.adapterInfo(), browser };
+  const adapter = { ...engine.adapterInfo(), browser, shim: shimReport() };
   let warnings = [];
   try {
     warnings = engine.limitsReport();

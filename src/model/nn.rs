@@ -5,7 +5,7 @@
 //! quantized matmul reads it directly); a quantized convolution weight is dequantized for the
 //! call and the copy dropped with it.
 use burn::module::{Module, Param};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::module::{conv2d, linear};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, FloatDType, Tensor};
@@ -352,8 +352,13 @@ pub fn attention_chunked(
 }
 
 /// GELU (exact, erf-based), as PyTorch's default.
+///
+/// Written out as `x/2·(1 + erf(x/√2))` instead of calling burn's `gelu`: the forward is the
+/// same ops, but burn 0.22's generic `gelu_backward` (used by the wgpu backend; the CPU backend
+/// overrides it) is the derivative of the *tanh approximation*, 6e-4 relative off the exact
+/// gradient (tests/parity.rs caught it on lavapipe). Autodiff of `erf` is exact on every backend.
 pub fn gelu_exact<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    gelu(x)
+    x.clone().mul((x / std::f32::consts::SQRT_2).erf() + 1.0) / 2.0
 }
 
 /// Nearest-neighbour 2× upsampling of `[N, C, H, W]`.
