@@ -211,6 +211,12 @@ def encode_latents(args, vae, data):
     path = os.path.join(args.work, f"latents_{data.chunks}x{data.chunk}.safetensors")
     if os.path.exists(path):
         d = load_np(path)
+        # Guard: the cached latents must be what the autoencoder gives for the cached images.
+        with torch.no_grad():
+            first = vae.encode(to_images(data.load(0)["images"][:8])).latent_dist.mean.numpy()
+        err = float(np.abs(first - d["latents"][:8].astype(np.float32)).max())
+        if err > 0.05:
+            sys.exit(f"latents: {path} does not match the autoencoder (max difference {err:.3f}); delete it and rerun")
         return d["latents"], d["ids"], d["attrs"], float(d["scale"][0])
     lat, ids, attrs = [], [], []
     with torch.no_grad():
@@ -221,7 +227,10 @@ def encode_latents(args, vae, data):
                 lat.append(vae.encode(x).latent_dist.mean.numpy().astype(np.float16))
             ids.append(c["ids"]); attrs.append(c["attrs"])
             log(f"latents: chunk {k + 1}/{data.chunks}")
-    lat = np.concatenate(lat); ids = np.concatenate(ids); attrs = np.concatenate(attrs)
+    # `latent_dist.mean` is a strided view and `astype` keeps its layout: safetensors writes the
+    # raw buffer, so without the explicit C-contiguous copy the file holds NHWC bytes under an
+    # NCHW header (latents silently scrambled on resume; it happened once, see docs/DEMO.md).
+    lat = np.ascontiguousarray(np.concatenate(lat)); ids = np.concatenate(ids); attrs = np.concatenate(attrs)
     scale = np.array([1.0 / float(lat.astype(np.float32).std())], dtype=np.float32)
     save_np({"latents": lat, "ids": ids, "attrs": attrs, "scale": scale}, path)
     return lat, ids, attrs, float(scale[0])
