@@ -304,6 +304,13 @@ impl Default for Chunking {
 }
 
 impl Chunking {
+    /// The default for a model: small models (the demo and tiny ones, ≤ 64 px) run a step's
+    /// UNet work in one pass (3× faster on the CPU than item by item); full-size ones item by
+    /// item, which bounds activation memory.
+    pub fn for_model(spec: &crate::model::ModelSpec) -> Self {
+        if spec.native_resolution() <= 64 { Self::unchunked() } else { Self::default() }
+    }
+
     /// Everything in one pass.
     pub fn unchunked() -> Self {
         Self { unet: usize::MAX }
@@ -402,7 +409,7 @@ impl Trainer {
             order: vec![],
             step: 0,
             losses: vec![],
-            chunking: Chunking::default(),
+            chunking: Chunking::for_model(&sd.spec),
         })
     }
 

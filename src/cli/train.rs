@@ -91,9 +91,9 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 50)]
     checkpoint_every: u64,
     /// UNet items (image × sample pairs) per forward/backward (memory vs speed; the result is
-    /// the same).
-    #[arg(long, default_value_t = 1)]
-    unet_batch: usize,
+    /// the same). Default: all in one pass for models of ≤ 64 px, else 1.
+    #[arg(long)]
+    unet_batch: Option<usize>,
     /// Stop after this many steps in this run, keeping the checkpoint (continue with --resume).
     #[arg(long)]
     max_steps_this_run: Option<u64>,
@@ -199,7 +199,9 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     }
     let tokenizer = ClipTokenizer::sd2()?;
     let mut trainer = block_on(Trainer::new(cfg, &sd, &tokenizer, &images))?;
-    trainer.set_chunking(Chunking { unet: a.unet_batch.max(1) });
+    if let Some(n) = a.unet_batch {
+        trainer.set_chunking(Chunking { unet: n.max(1) });
+    }
     let name = a.out.file_stem().and_then(|s| s.to_str()).unwrap_or("distribution").to_string();
     let ckpt = PathBuf::from(format!("{}.ckpt", a.out.display()));
     if a.resume {

@@ -430,7 +430,7 @@ impl Engine {
         // Small models (demo, tiny) fit whole steps in memory, and every extra UNet pass costs
         // thousands of dispatches (slow on software adapters); full-size models go one
         // reparameterised sample at a time to bound memory (the gradient is the same).
-        t.set_chunking(if sd.spec.native_resolution() <= 64 { Chunking::unchunked() } else { Chunking { unet: 1 } });
+        t.set_chunking(Chunking::for_model(&sd.spec));
         self.trainer = Some((t, name));
         to_js(&cfg)
     }
