@@ -33,7 +33,7 @@ pub struct ModelSpec {
 
 /// The demo model's latent scaling factor (1 / std of its training latents, measured by the
 /// training script and recorded in its VAE config).
-pub const DEMO_SCALING_FACTOR: f32 = 0.48812;
+pub const DEMO_SCALING_FACTOR: f32 = 0.488_115_3;
 
 impl ModelSpec {
     /// SD 2.1 (768 px, v-prediction).

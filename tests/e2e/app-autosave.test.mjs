@@ -24,7 +24,9 @@ before(async () => {
   requireBuilt();
   tmp = await mkdtemp(join(tmpdir(), "dreamdist-autosave-"));
   server = await startServer();
-  model = await testModel();
+  // Resuming is model-independent and a demo-model step takes ~70 s on SwiftShader (two runs
+  // here): the tiny fixture model keeps this test to minutes.
+  model = await testModel("tiny");
   ({ refs } = await demoReferences(join(tmp, "refs"), { n: 4, seed: 8 }));
 });
 

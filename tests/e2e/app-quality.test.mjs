@@ -13,6 +13,17 @@ import { launch, log, pageErrors, requireBuilt, ROOT, shot, startServer, until }
 import { demoReferences, readAttributes, testModel } from "./lib/fixtures.mjs";
 
 const HAVE_DEMO = existsSync(join(ROOT, "assets/demo/manifest.json")) && process.env.E2E_MODEL !== "tiny";
+// Opt-in: on SwiftShader one training step of the demo model takes ~70 s and one guided image
+// step ~7 s (journey-timings.json), so 150 steps + 2 × 16 samples take hours. CI covers the
+// same claim in two checked links instead: tests/demo.rs (native: a trained distribution's
+// samples are in the references' support far more often than the untrained one's) and the
+// journey (the page's .ddist sampled by the CLI gives the page's pixels; the page's training
+// equals an uninterrupted run in app-autosave). Run with E2E_QUALITY=1 on a real GPU.
+const SKIP = !HAVE_DEMO
+  ? "the demo model (assets/demo/) is not bundled"
+  : process.env.E2E_QUALITY === "1"
+    ? false
+    : "opt-in (E2E_QUALITY=1): hours on SwiftShader; CI checks this claim natively in tests/demo.rs";
 const STEPS = Number(process.env.E2E_QUALITY_STEPS || 150);
 const N = 16;
 
@@ -21,7 +32,7 @@ let tmp;
 let model;
 
 before(async () => {
-  if (!HAVE_DEMO) return;
+  if (SKIP) return;
   requireBuilt();
   tmp = await mkdtemp(join(tmpdir(), "dreamdist-quality-"));
   server = await startServer();
@@ -33,7 +44,7 @@ after(async () => {
   if (tmp) await rm(tmp, { recursive: true, force: true });
 });
 
-test("trained samples match the references' attributes better than untrained ones (demo model)", { timeout: 3600000, skip: HAVE_DEMO ? false : "the demo model (assets/demo/) is not bundled yet" }, async () => {
+test("trained samples match the references' attributes better than untrained ones (demo model)", { timeout: 4 * 3600000, skip: SKIP }, async () => {
   // Eight references sharing a shape and a colour (the first pair that has eight scenes).
   const { refs, names } = await demoReferences(join(tmp, "refs"), { n: 8, seed: 31, pool: 1500, filter: (a) => a[0] === 1 && a[1] === 2 });
   const want = { shape: names.shape[refs[0].attrs[0]], color: names.color[refs[0].attrs[1]] };

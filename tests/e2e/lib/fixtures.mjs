@@ -15,9 +15,12 @@ import { readSafetensors, writeSafetensors } from "./safetensors.mjs";
 export const run = promisify(execFile);
 export const cli = (args, opts = {}) => run(BIN, args, { maxBuffer: 256 << 20, timeout: 1200000, ...opts });
 
-/** The model under test: {id, url (relative to the server root), dir, native}. */
-export async function testModel() {
-  const want = process.env.E2E_MODEL;
+/**
+ * The model under test: {id, url (relative to the server root), dir, native}. `want` "tiny"
+ * picks the tiny fixture model even when the demo model is bundled (E2E_MODEL=tiny does it for
+ * every test).
+ */
+export async function testModel(want = process.env.E2E_MODEL) {
   if (want !== "tiny" && existsSync(join(ROOT, "assets/demo/manifest.json"))) {
     return { id: "demo", url: "assets/demo/", dir: join(ROOT, "assets/demo"), native: 32 };
   }

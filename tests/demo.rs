@@ -1,0 +1,129 @@
+//! The demo model (assets/demo, trained by scripts/demo/train_demo.py) on the CPU backend: it
+//! loads through `ModelSpec::demo()`, its samples of fixed captions have the captions'
+//! attributes (judged by the attribute reader), and a short DreamDistribution run on a reference
+//! set raises the share of samples inside the set's support over the untrained distribution by
+//! the margin stated in `MARGIN` (derived from `dreamdist eval`, see docs/DEMO.md).
+use std::path::Path;
+
+use dreamdist::backend::{block_on, cpu_device};
+use dreamdist::demo::eval::{
+    EvalConfig, EvalSampling, metrics, real_features, reference_sets, sample_conds, sample_gaussian, train_on,
+};
+use dreamdist::demo::scene::{Attributes, Background, Color, Position, Shape, Size, caption};
+use dreamdist::demo::{SIDE, read};
+use dreamdist::distribution::Template;
+use dreamdist::model::{ModelSpec, StableDiffusion};
+use dreamdist::pipeline::encode_text;
+use dreamdist::tokenizer::ClipTokenizer;
+use dreamdist::train::TrainConfig;
+use dreamdist::weights::ManifestSource;
+use dreamdist::weights::loader::{NoCache, Retry, load_shards};
+use dreamdist::weights::native::{AnyTransport, fetch_manifest};
+
+/// Precision gain (share of samples inside the set's support, trained minus untrained) the run
+/// must reach, fixed from `dreamdist eval` before this test first ran (docs/DEMO.md): on this
+/// set (warm-round-dark) the eval measured 0.81 − 0.00 = 0.81 with the same settings. The
+/// standard error of a 64-sample precision difference there is ≈ 0.05 (√(0.81·0.19/64)), in
+/// the eval and again here; half the measured gain (0.40) leaves > 4 such errors of both runs
+/// for the other training and sampling seeds used here.
+const MARGIN: f32 = 0.40;
+
+fn demo() -> StableDiffusion {
+    let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo"));
+    let base = dir.display().to_string();
+    let device = cpu_device();
+    let mut t = AnyTransport::for_base(&base);
+    let m = block_on(fetch_manifest(&mut t, &base)).expect("assets/demo/manifest.json");
+    let mut src = ManifestSource::new(m, &device);
+    block_on(load_shards(
+        &mut src,
+        &base,
+        &dreamdist::weights::manifest::COMPONENTS,
+        &mut t,
+        &mut NoCache,
+        Retry::default(),
+        &mut |_| {},
+        &|| false,
+    ))
+    .unwrap();
+    StableDiffusion::from_manifest_source(&mut src, &device).unwrap()
+}
+
+#[test]
+fn demo_model_loads_through_its_spec() {
+    let sd = demo();
+    assert_eq!(sd.spec, ModelSpec::demo());
+    assert_eq!(sd.spec.native_resolution(), SIDE);
+    let bytes: u64 = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    eprintln!("assets/demo: {bytes} bytes");
+    assert!(bytes <= 16 << 20, "the demo model must stay within 16 MiB, is {bytes} bytes");
+}
+
+#[test]
+fn fixed_captions_give_their_attributes() {
+    let sd = demo();
+    let tok = ClipTokenizer::sd2().unwrap();
+    let uncond = encode_text(&sd, &tok, "").unwrap();
+    let cases = [
+        (Shape::Circle, Color::Red, Size::Large, Background::White),
+        (Shape::Square, Color::Blue, Size::Medium, Background::Gray),
+        (Shape::Triangle, Color::Yellow, Size::Large, Background::Black),
+        (Shape::Star, Color::Pink, Size::Large, Background::Blue),
+        (Shape::Circle, Color::Green, Size::Medium, Background::Black),
+        (Shape::Square, Color::Orange, Size::Large, Background::Green),
+        (Shape::Triangle, Color::Cyan, Size::Medium, Background::White),
+        (Shape::Square, Color::Purple, Size::Large, Background::White),
+    ];
+    let attrs: Vec<Attributes> = cases
+        .iter()
+        .map(|&(shape, color, size, background)| Attributes {
+            shape,
+            color,
+            size,
+            position: Position::Center,
+            background,
+        })
+        .collect();
+    let conds = attrs.iter().map(|a| encode_text(&sd, &tok, &caption(a, 0)).unwrap()).collect();
+    let imgs = block_on(sample_conds(&sd, conds, &uncond, &EvalSampling::default(), 42)).unwrap();
+    let mut right = [0usize; 3];
+    for (a, img) in attrs.iter().zip(&imgs) {
+        let r = read(img);
+        eprintln!("{:<55} → {:?} {:?} {:?} {:?}", caption(a, 0), r.shape, r.color, r.size, r.background);
+        right[0] += (r.color == Some(a.color)) as usize;
+        right[1] += (r.shape == Some(a.shape)) as usize;
+        right[2] += (r.background == a.background) as usize;
+    }
+    // The quality gate on 200 held-out captions measures the rates (docs/DEMO.md); here eight
+    // fixed ones must mostly come out right.
+    assert!(right[0] >= 7 && right[2] >= 7 && right[1] >= 6, "colour/shape/background right: {right:?} of 8");
+}
+
+#[test]
+fn a_short_run_learns_the_reference_set() {
+    let sd = demo();
+    let tok = ClipTokenizer::sd2().unwrap();
+    let uncond = encode_text(&sd, &tok, "").unwrap();
+    let set = &reference_sets()[0];
+    let refs = set.references(8, 100);
+    let real = real_features(set, 128, 200);
+    // The eval's settings (EvalConfig::default(): K=32, M=4, 400 steps, lr 5e-3, 64 samples),
+    // other seeds.
+    let e = EvalConfig::default();
+    let cfg =
+        TrainConfig { k: e.k, m: e.m, steps: e.steps, lr: e.lr, resolution: SIDE, seed: 1, ..TrainConfig::paper() };
+    let s = e.sampling.clone();
+    let n = e.samples;
+    let untrained = block_on(train_on(&sd, &tok, &refs, TrainConfig { steps: 0, ..cfg.clone() }, |_, _| {})).unwrap();
+    let g0 = untrained.gaussian(&sd, &tok, &Template::bare()).unwrap();
+    let m0 = metrics(set, &block_on(sample_gaussian(&sd, &g0, 1.0, n, &uncond, &s, 0)).unwrap(), &real);
+    let trained = block_on(train_on(&sd, &tok, &refs, cfg, |_, _| {})).unwrap();
+    let g1 = trained.gaussian(&sd, &tok, &Template::bare()).unwrap();
+    let m1 = metrics(set, &block_on(sample_gaussian(&sd, &g1, 1.0, n, &uncond, &s, 0)).unwrap(), &real);
+    eprintln!("{}: precision untrained {:.3} → trained {:.3} (margin {MARGIN})", set.name, m0.precision, m1.precision);
+    assert!(m1.precision >= m0.precision + MARGIN, "{} → {}", m0.precision, m1.precision);
+}
