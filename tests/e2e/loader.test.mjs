@@ -22,7 +22,7 @@
 // Environment: DREAMDIST_BIN (default ~/.cache/dreamdist/target/release/dreamdist), CHROMIUM
 // (default /usr/bin/chromium), E2E_OUT, E2E_TIMEOUT_S (per step, default 600).
 import assert from "node:assert/strict";
-import { execFile, spawn } from "node:child_process";
+import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { homedir, tmpdir } from "node:os";
@@ -34,6 +34,7 @@ import { promisify } from "node:util";
 import { chromium } from "playwright-core";
 
 import { startFaultServer } from "./faultserver.mjs";
+import { startServer } from "./lib/browser.mjs";
 
 const ROOT = resolve(fileURLToPath(new URL("../..", import.meta.url)));
 const OUT = resolve(ROOT, process.env.E2E_OUT || "target/e2e");
@@ -63,29 +64,6 @@ let modelUrl = null; // the fault server's root (the model directory)
 let context = null; // one browser profile for every step
 let cachedPage = null; // the page of steps 2–5
 const artifact = { steps: {} };
-
-function startPageServer() {
-  return new Promise((resolvePromise, reject) => {
-    const child = spawn(process.execPath, [join(ROOT, "www/serve.mjs"), "0"], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
-    let out = "";
-    const timer = setTimeout(() => reject(new Error(`www/serve.mjs did not start:\n${out}`)), 15000);
-    child.stdout.setEncoding("utf8");
-    child.stderr.setEncoding("utf8");
-    child.stderr.on("data", (d) => process.stderr.write(`[serve] ${d}`));
-    child.stdout.on("data", (d) => {
-      out += d;
-      const m = out.match(/dreamdist: serving (http:\/\/127\.0\.0\.1:\d+\/)/);
-      if (m) {
-        clearTimeout(timer);
-        resolvePromise({ child, url: m[1] });
-      }
-    });
-    child.on("exit", (code) => {
-      clearTimeout(timer);
-      reject(new Error(`www/serve.mjs exited with ${code}:\n${out}`));
-    });
-  });
-}
 
 // The fault server's control endpoints (over HTTP, as any client would use them).
 async function control(path, body) {
@@ -205,7 +183,7 @@ before(async () => {
   log(`model: ${manifest.total_bytes} bytes in ${manifest.shards.map((s) => `${s.file} (${s.bytes})`).join(", ")}`);
   fault = await startFaultServer(modelDir, { faults: [] });
   modelUrl = fault.url;
-  const served = await startPageServer();
+  const served = await startServer();
   pageServer = served.child;
   pageUrl = `${served.url}tests/e2e/pages/loader.html`;
   log(`page ${pageUrl}, model ${modelUrl}`);

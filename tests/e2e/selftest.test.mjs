@@ -10,7 +10,7 @@
 // CHROMIUM (default /usr/bin/chromium), E2E_OUT (default <repo>/target/e2e),
 // E2E_TIMEOUT_S (page wait, default 900: SwiftShader is slow and round 1 compiles shaders).
 import assert from "node:assert/strict";
-import { execFile, spawn } from "node:child_process";
+import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { homedir, tmpdir } from "node:os";
@@ -20,6 +20,8 @@ import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 
 import { chromium } from "playwright-core";
+
+import { startServer } from "./lib/browser.mjs";
 
 const ROOT = resolve(fileURLToPath(new URL("../..", import.meta.url)));
 const OUT = resolve(ROOT, process.env.E2E_OUT || "target/e2e");
@@ -49,33 +51,6 @@ const log = (...args) => console.log("[e2e]", ...args);
 let server = null;
 let baseUrl = null;
 let tmpRoot = null;
-
-/** Starts `node www/serve.mjs 0` and resolves with the URL it prints. */
-function startServer() {
-  return new Promise((resolvePromise, reject) => {
-    const child = spawn(process.execPath, [join(ROOT, "www/serve.mjs"), "0"], {
-      cwd: ROOT,
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let out = "";
-    const timer = setTimeout(() => reject(new Error(`server did not start:\n${out}`)), 15000);
-    child.stdout.setEncoding("utf8");
-    child.stderr.setEncoding("utf8");
-    child.stderr.on("data", (d) => process.stderr.write(`[server] ${d}`));
-    child.stdout.on("data", (d) => {
-      out += d;
-      const m = out.match(/dreamdist: serving (http:\/\/127\.0\.0\.1:\d+\/)/);
-      if (m) {
-        clearTimeout(timer);
-        resolvePromise({ child, url: m[1] });
-      }
-    });
-    child.on("exit", (code) => {
-      clearTimeout(timer);
-      reject(new Error(`server exited with ${code}:\n${out}`));
-    });
-  });
-}
 
 /** Launches Chromium with a fresh profile; forwards console errors and page errors. */
 async function openPage(name, flags) {
