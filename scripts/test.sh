@@ -57,7 +57,9 @@ stage "setup"                              scripts/setup.sh
 web_log="$(mktemp)"
 scripts/build-web.sh >"$web_log" 2>&1 &
 web_pid=$!
-trap 'rc=$?; kill "$web_pid" 2>/dev/null; summary "$rc"' EXIT
+# Under `set -e` a failing command inside the EXIT trap ends the script with its status, so the
+# kill of an already finished build (the normal case) must not fail: a green run exited 1 that way.
+trap 'rc=$?; kill "$web_pid" 2>/dev/null || true; summary "$rc" || true; exit "$rc"' EXIT
 wait_web() {
   local rc=0
   wait "$web_pid" || rc=$?
