@@ -114,7 +114,16 @@ pub fn limits_report(info: &AdapterInfo) -> Vec<String> {
                 .into(),
         );
     }
-    if !info.subgroups {
+    if info.graphics_api == "BrowserWebGpu" {
+        // wgpu's WebGPU backend maps no `subgroups` feature (wgpu 30, `FEATURES_MAPPING`), so the
+        // kernels never use subgroups in a browser, whatever the adapter offers: say so, without
+        // suggesting the user's browser or GPU is missing something.
+        out.push(
+            "Subgroup operations are not used in the browser yet (the WebGPU layer dreamdist is built on does not \
+             expose WebGPU `subgroups`): the matrix kernels run without them; results are the same, only slower."
+                .into(),
+        );
+    } else if !info.subgroups {
         out.push(
             "No subgroup operations (WebGPU `subgroups`): the fastest matrix kernels are not used; results are the \
              same, only slower."
@@ -206,5 +215,40 @@ pub fn now_ms() -> f64 {
         use std::sync::OnceLock;
         static START: OnceLock<std::time::Instant> = OnceLock::new();
         START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64() * 1000.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gpu(api: &str, subgroups: bool) -> AdapterInfo {
+        AdapterInfo {
+            backend: "wgpu".into(),
+            graphics_api: api.into(),
+            device_type: "DiscreteGpu".into(),
+            shader_f16: true,
+            subgroups,
+            max_buffer_size: 256 << 20,
+            max_storage_buffer_binding_size: 128 << 20,
+            max_compute_workgroup_storage_size: 16 << 10,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn limits_report_names_what_is_missing() {
+        assert!(limits_report(&gpu("Vulkan", true)).is_empty());
+        let native = limits_report(&gpu("Vulkan", false));
+        assert_eq!(native.len(), 1);
+        assert!(native[0].starts_with("No subgroup operations"), "{native:?}");
+        // In a browser wgpu never reports subgroups: the note must not blame the user's GPU.
+        let browser = limits_report(&gpu("BrowserWebGpu", false));
+        assert_eq!(browser.len(), 1);
+        assert!(browser[0].contains("not used in the browser yet"), "{browser:?}");
+        let small = AdapterInfo { max_storage_buffer_binding_size: 64 << 20, ..gpu("Vulkan", true) };
+        assert!(limits_report(&small)[0].contains("only 64 MiB per buffer binding"));
+        let cpu = AdapterInfo { device_type: "Cpu".into(), shader_f16: false, ..gpu("Vulkan", true) };
+        assert_eq!(limits_report(&cpu).len(), 2);
     }
 }
