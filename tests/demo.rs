@@ -3,8 +3,6 @@
 //! attributes (judged by the attribute reader), and a short DreamDistribution run on a reference
 //! set raises the share of samples inside the set's support over the untrained distribution by
 //! the margin stated in `MARGIN` (derived from `dreamdist eval`, see docs/DEMO.md).
-use std::path::Path;
-
 use dreamdist::backend::{block_on, cpu_device};
 use dreamdist::demo::eval::{
     EvalConfig, EvalSampling, metrics, real_features, reference_sets, sample_conds, sample_gaussian, train_on,
@@ -16,9 +14,8 @@ use dreamdist::model::{ModelSpec, StableDiffusion};
 use dreamdist::pipeline::encode_text;
 use dreamdist::tokenizer::ClipTokenizer;
 use dreamdist::train::TrainConfig;
-use dreamdist::weights::ManifestSource;
-use dreamdist::weights::loader::{NoCache, Retry, load_shards};
-use dreamdist::weights::native::{AnyTransport, fetch_manifest};
+use dreamdist::weights::loader::Retry;
+use dreamdist::weights::native::load_uncached;
 
 /// Precision gain (share of samples inside the set's support, trained minus untrained) the run
 /// must reach, fixed from `dreamdist eval` before this test first ran (docs/DEMO.md): on this
@@ -29,24 +26,8 @@ use dreamdist::weights::native::{AnyTransport, fetch_manifest};
 const MARGIN: f32 = 0.40;
 
 fn demo() -> StableDiffusion {
-    let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo"));
-    let base = dir.display().to_string();
-    let device = cpu_device();
-    let mut t = AnyTransport::for_base(&base);
-    let m = block_on(fetch_manifest(&mut t, &base)).expect("assets/demo/manifest.json");
-    let mut src = ManifestSource::new(m, &device);
-    block_on(load_shards(
-        &mut src,
-        &base,
-        &dreamdist::weights::manifest::COMPONENTS,
-        &mut t,
-        &mut NoCache,
-        Retry::default(),
-        &mut |_| {},
-        &|| false,
-    ))
-    .unwrap();
-    StableDiffusion::from_manifest_source(&mut src, &device).unwrap()
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo");
+    load_uncached(dir, &cpu_device(), Retry::default()).expect("assets/demo")
 }
 
 #[test]

@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Tensor;
 use dreamdist::backend::{self, BackendKind, block_on, read, tensor};
 use dreamdist::model::{ClipConfig, ModelSpec, StableDiffusion, VaeConfig};
+use dreamdist::weights::RandomSource;
 use dreamdist::weights::convert::{CheckpointSource, Quant, convert};
-use dreamdist::weights::loader::{NoCache, Retry, load_shards};
+use dreamdist::weights::loader::Retry;
 use dreamdist::weights::manifest::Manifest;
-use dreamdist::weights::native::{AnyTransport, DirSink, fetch_manifest};
-use dreamdist::weights::{ManifestSource, RandomSource};
+use dreamdist::weights::native::{DirSink, load_uncached};
 
 fn fixtures() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny"))
@@ -45,21 +45,7 @@ fn convert_tiny(dir: &Path, quant: Quant) -> Manifest {
 }
 
 fn load(dir: &Path, device: &burn::tensor::Device) -> dreamdist::Result<StableDiffusion> {
-    let base = dir.display().to_string();
-    let mut tr = AnyTransport::for_base(&base);
-    let m = block_on(fetch_manifest(&mut tr, &base))?;
-    let mut src = ManifestSource::new(m, device);
-    block_on(load_shards(
-        &mut src,
-        &base,
-        &dreamdist::weights::manifest::COMPONENTS,
-        &mut tr,
-        &mut NoCache,
-        Retry { attempts: 2, backoff_ms: 1, corrupt: 0 },
-        &mut |_| {},
-        &|| false,
-    ))?;
-    StableDiffusion::from_manifest_source(&mut src, device)
+    load_uncached(&dir.display().to_string(), device, Retry { attempts: 2, backoff_ms: 1, corrupt: 0 })
 }
 
 /// Text, UNet and VAE outputs on fixed inputs, flattened.

@@ -251,3 +251,27 @@ pub async fn fetch_manifest(transport: &mut AnyTransport, base: &str) -> Result<
     }
     super::manifest::Manifest::from_json(&bytes).map_err(|e| Error::Weights(format!("{url}: {e}")))
 }
+
+/// Loads a converted model (a directory or URL holding `manifest.json` and its shards) with no
+/// shard cache and no progress: every shard is fetched and verified, then the model is built
+/// on `device`. For tests and tools; the CLI's loader adds the cache and progress.
+pub fn load_uncached(
+    base: &str,
+    device: &burn::tensor::Device,
+    retry: super::loader::Retry,
+) -> Result<crate::model::StableDiffusion> {
+    let mut transport = AnyTransport::for_base(base);
+    let manifest = crate::backend::block_on(fetch_manifest(&mut transport, base))?;
+    let mut src = super::ManifestSource::new(manifest, device);
+    crate::backend::block_on(super::loader::load_shards(
+        &mut src,
+        base,
+        &super::manifest::COMPONENTS,
+        &mut transport,
+        &mut super::loader::NoCache,
+        retry,
+        &mut |_| {},
+        &|| false,
+    ))?;
+    crate::model::StableDiffusion::from_manifest_source(&mut src, device)
+}
