@@ -30,6 +30,8 @@ pub enum FetchError {
     Status(u16),
     /// The connection failed or dropped.
     Network(String),
+    /// A local file (a directory transport) does not exist.
+    Missing,
     /// The user cancelled.
     Cancelled,
 }
@@ -39,6 +41,7 @@ impl std::fmt::Display for FetchError {
         match self {
             FetchError::Status(s) => write!(f, "HTTP {s}"),
             FetchError::Network(m) => write!(f, "network error: {m}"),
+            FetchError::Missing => write!(f, "no such file"),
             FetchError::Cancelled => write!(f, "cancelled"),
         }
     }
@@ -298,6 +301,9 @@ async fn fetch_shard<T: Transport, C: ShardCache>(
                 corrupt += 1;
             }
             Err(FetchError::Cancelled) => return Err(Error::Cancelled),
+            Err(FetchError::Missing) => {
+                return Err(Error::Weights(format!("{url}: no such file (the directory does not have this shard)")));
+            }
             Err(FetchError::Status(s)) if (400..500).contains(&s) && s != 408 && s != 429 && s != 416 => {
                 return Err(Error::Weights(format!("{url}: HTTP {s} (the server does not have this shard)")));
             }

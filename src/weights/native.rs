@@ -91,7 +91,7 @@ impl Transport for FileTransport {
     ) -> Result<(), FetchError> {
         use std::io::{Seek, SeekFrom};
         let mut f = std::fs::File::open(url).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => FetchError::Status(404),
+            std::io::ErrorKind::NotFound => FetchError::Missing,
             _ => FetchError::Network(format!("{url}: {e}")),
         })?;
         f.seek(SeekFrom::Start(start)).map_err(|e| FetchError::Network(e.to_string()))?;
