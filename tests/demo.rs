@@ -18,12 +18,13 @@ use dreamdist::weights::loader::Retry;
 use dreamdist::weights::native::load_uncached;
 
 /// Precision gain (share of samples inside the set's support, trained minus untrained) the run
-/// must reach, fixed from `dreamdist eval` before this test first ran (docs/DEMO.md): on this
-/// set (warm-round-dark) the eval measured 0.81 − 0.00 = 0.81 with the same settings. The
-/// standard error of a 64-sample precision difference there is ≈ 0.05 (√(0.81·0.19/64)), in
-/// the eval and again here; half the measured gain (0.40) leaves > 4 such errors of both runs
-/// for the other training and sampling seeds used here.
-const MARGIN: f32 = 0.40;
+/// must reach, from `dreamdist eval` by a rule fixed before this test ran on these weights:
+/// half the eval's gain on this set, rounded down to 0.05 (the first weights' 0.40 was half of
+/// their 0.81). On warm-round-dark the eval measured 0.56 − 0.00 = 0.56 (docs/DEMO.md) with the
+/// same settings and other seeds. A 64-sample precision has a standard error of ≈ 0.06 there
+/// (√(0.56·0.44/64)), but training seeds move it more (this test's seeds gave 0.78), so the
+/// margin is half the gain rather than the gain minus a few standard errors.
+const MARGIN: f32 = 0.25;
 
 fn demo() -> StableDiffusion {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo");
