@@ -53,6 +53,8 @@ t = b["timings"]
 lines += ["", f"Engine start {t['engine_ms']/1000:.1f} s; model load (1.45 GB from the local server into OPFS and the GPU) {t['load_ms']/1000:.1f} s; "
   f"proof {t['proof_ms']/1000:.1f} s; whole run {r['wall_s']:.0f} s. GPU memory resident after load: {b['model']['residentBytes']/2**30:.2f} GiB; "
   f"peak in use during the proof: {(b['proof'].get('peak_bytes') or 0)/2**30:.2f} GiB.", "",
+  "Peak wasm memory (the module's linear memory, which only grows, read after each phase): " + "; ".join(
+    f"{k} {v/2**20:.0f} MiB" for k, v in b.get("wasm_memory_bytes", {}).items()) + ".", "",
   f"Shim: {json.dumps(b['shim'])}. Limits report: {json.dumps(b['limits'])}."]
 open(f"docs/proof-browser-{size}.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))

@@ -145,7 +145,9 @@ test("the full journey: model → images → train → sample → edit → expor
       assert.equal(await page.evaluate(() => window.dreamdist.train.step), pausedAt, "no steps while paused");
       assert.ok(await page.isVisible("#train-resume"));
       await page.click("#train-resume");
-      await until(page, problems, () => window.dreamdist.dists.length === 1 || window.dreamdist.train.error, { what: "the end of training", timeout: 1800000 });
+      // SwiftShader takes ~45 s per step idle and ~70 s under load; the wait grows with STEPS.
+      const timeout = Math.max(1800000, STEPS * 150000);
+      await until(page, problems, () => window.dreamdist.dists.length === 1 || window.dreamdist.train.error, { what: "the end of training", timeout });
     });
     const tr = await page.evaluate(() => window.dreamdist.train);
     assert.equal(tr.error, null);

@@ -12,9 +12,13 @@ self.onmessage = async ({ data: p }) => {
     if (p.clamp !== "0") clampLimits();
     let t0 = t();
     const wasm = await import("/pkg/dreamdist.js");
-    await wasm.default();
+    const exports = await wasm.default();
+    // Linear memory only grows, so its size after a phase is the peak of wasm memory up to there.
+    const wasmBytes = () => exports.memory.buffer.byteLength;
+    out.wasm_memory_bytes = { start: wasmBytes() };
     const engine = await wasm.Engine.create({ maxBinding: p.clamp !== "0" ? 134217728 : undefined });
     out.timings.engine_ms = t() - t0;
+    out.wasm_memory_bytes.engine = wasmBytes();
     out.adapter = engine.adapterInfo();
     out.shim = shimReport();
     out.limits = engine.limitsReport();
@@ -29,12 +33,14 @@ self.onmessage = async ({ data: p }) => {
       return true;
     });
     out.timings.load_ms = t() - t0;
+    out.wasm_memory_bytes.loaded = wasmBytes();
     out.model = { id: info.id, identity: info.identity, residentBytes: info.residentBytes, report: info.report };
     post(`model loaded in ${out.timings.load_ms.toFixed(0)} ms; resident ${(info.residentBytes / 2 ** 30).toFixed(2)} GiB`);
     t0 = t();
     out.proof = await engine.proof(Number(p.size ?? 512), Number(p.seed ?? 0));
     out.timings.proof_ms = t() - t0;
     out.memory_in_use = engine.memoryInUse();
+    out.wasm_memory_bytes.proof = wasmBytes();
     out.ok = true;
   } catch (err) {
     out.error = String(err?.stack ?? err?.message ?? err);
