@@ -6,6 +6,9 @@
 //
 //   node scripts/proofs/fullsize.mjs MODEL_DIR_UNDER_REPO SIZE NATIVE_JSON OUT_JSON
 //
+// PROOF_LOAD_ONLY=1 stops after the model load (timings, GPU residency and peak wasm memory;
+// NATIVE_JSON is not read).
+//
 // MODEL_DIR_UNDER_REPO is a path relative to the repository root (served by www/serve.mjs).
 import { spawn } from "node:child_process";
 import { readFile, writeFile, mkdtemp } from "node:fs/promises";
@@ -17,6 +20,7 @@ const ROOT = resolve(fileURLToPath(new URL("../..", import.meta.url)));
 const { chromium } = await import(join(ROOT, "tests/e2e/node_modules/playwright-core/index.mjs"));
 const [model, size, nativePath, outPath] = process.argv.slice(2);
 const TIMEOUT_MS = Number(process.env.PROOF_TIMEOUT_S ?? 7200) * 1000;
+const LOAD_ONLY = process.env.PROOF_LOAD_ONLY === "1";
 
 const server = spawn(process.execPath, [join(ROOT, "www/serve.mjs"), "0"], { cwd: ROOT });
 const url = await new Promise((res, rej) => {
@@ -38,7 +42,7 @@ page.on("console", (m) => {
   if (m.type() === "error") console.error("[page]", m.text().slice(0, 400));
 });
 const t0 = Date.now();
-await page.goto(`${url}scripts/proofs/page/index.html?model=/${model.replace(/^\/+/, "")}/&size=${size}&seed=0`);
+await page.goto(`${url}scripts/proofs/page/index.html?model=/${model.replace(/^\/+/, "")}/&size=${size}&seed=0${LOAD_ONLY ? "&proof=0" : ""}`);
 let last = "";
 const timer = setInterval(async () => {
   const text = await page.textContent("#log").catch(() => "");
@@ -56,6 +60,12 @@ await page.screenshot({ path: outPath.replace(/\.json$/, ".png") });
 await ctx.close();
 server.kill();
 
+if (LOAD_ONLY) {
+  const { ok, error, timings, wasm_memory_bytes, memory_in_use, model: m } = browser;
+  await writeFile(outPath, JSON.stringify({ wall_s: (Date.now() - t0) / 1000, browser }, null, 1));
+  console.log(JSON.stringify({ ok, error, timings, wasm_memory_bytes, memory_in_use, residentBytes: m?.residentBytes }, null, 1));
+  process.exit(ok ? 0 : 1);
+}
 const native = JSON.parse(await readFile(nativePath, "utf8"));
 const result = { size: Number(size), wall_s: (Date.now() - t0) / 1000, browser, native, comparison: {} };
 if (browser.ok) {

@@ -36,11 +36,13 @@ self.onmessage = async ({ data: p }) => {
     out.wasm_memory_bytes.loaded = wasmBytes();
     out.model = { id: info.id, identity: info.identity, residentBytes: info.residentBytes, report: info.report };
     post(`model loaded in ${out.timings.load_ms.toFixed(0)} ms; resident ${(info.residentBytes / 2 ** 30).toFixed(2)} GiB`);
-    t0 = t();
-    out.proof = await engine.proof(Number(p.size ?? 512), Number(p.seed ?? 0));
-    out.timings.proof_ms = t() - t0;
+    if (p.proof !== "0") {
+      t0 = t();
+      out.proof = await engine.proof(Number(p.size ?? 512), Number(p.seed ?? 0));
+      out.timings.proof_ms = t() - t0;
+      out.wasm_memory_bytes.proof = wasmBytes();
+    }
     out.memory_in_use = engine.memoryInUse();
-    out.wasm_memory_bytes.proof = wasmBytes();
     out.ok = true;
   } catch (err) {
     out.error = String(err?.stack ?? err?.message ?? err);
