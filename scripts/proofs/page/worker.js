@@ -25,7 +25,12 @@ self.onmessage = async ({ data: p }) => {
     post(`engine ready in ${out.timings.engine_ms.toFixed(0)} ms; binding limit ${out.adapter.maxStorageBufferBindingSize}`);
     t0 = t();
     let last = 0;
+    // Where during the load linear memory grows (shard and phase of the progress event that saw it).
+    out.wasm_growth = [];
     const info = await engine.loadModel({ kind: "manifest", url: p.model }, (e) => {
+      const bytes = wasmBytes();
+      const prev = out.wasm_growth.length ? out.wasm_growth[out.wasm_growth.length - 1].bytes : out.wasm_memory_bytes.engine;
+      if (bytes > prev) out.wasm_growth.push({ shard: e.shard, phase: e.phase, done_bytes: e.done_bytes, bytes });
       if (t() - last > 5000) {
         last = t();
         post(`loading ${e.component ?? ""} ${e.phase}: ${(e.done_bytes / 1e6).toFixed(0)}/${(e.total_bytes / 1e6).toFixed(0)} MB`);
