@@ -139,30 +139,23 @@ pub async fn storage_estimate() -> Option<(f64, f64)> {
 }
 
 async fn read_file(dir: &FileSystemDirectoryHandle, name: &str) -> Result<Option<Vec<u8>>> {
-    let mut buf = Vec::new();
-    Ok(read_file_into(dir, name, &mut buf).await?.then_some(buf))
-}
-
-/// Reads a file into `buf` (its allocation reused); `false` when the file does not exist.
-async fn read_file_into(dir: &FileSystemDirectoryHandle, name: &str, buf: &mut Vec<u8>) -> Result<bool> {
     let fh = match JsFuture::from(dir.get_file_handle(name)).await {
         Ok(f) => f.unchecked_into::<FileSystemFileHandle>(),
-        Err(_) => return Ok(false),
+        Err(_) => return Ok(None),
     };
     let h: FileSystemSyncAccessHandle =
         JsFuture::from(fh.create_sync_access_handle()).await.map_err(opfs_err)?.unchecked_into();
     let result = (|| {
         let size = h.get_size().map_err(opfs_err)? as usize;
-        buf.clear();
-        buf.resize(size, 0);
+        let mut buf = vec![0u8; size];
         let opts = FileSystemReadWriteOptions::new();
         opts.set_at(0.0);
-        let n = h.read_with_u8_array_and_options(buf, &opts).map_err(opfs_err)? as usize;
+        let n = h.read_with_u8_array_and_options(&mut buf, &opts).map_err(opfs_err)? as usize;
         buf.truncate(n);
-        Ok(())
+        Ok(buf)
     })();
     h.close();
-    result.map(|()| true)
+    result.map(Some)
 }
 
 async fn write_file(dir: &FileSystemDirectoryHandle, name: &str, bytes: &[u8]) -> Result<()> {
@@ -297,8 +290,8 @@ async fn quota_message(needed: usize, e: Error) -> Error {
 }
 
 impl ShardCache for OpfsCache {
-    async fn get(&mut self, sha256: &str, into: &mut Vec<u8>) -> Result<bool> {
-        read_file_into(&self.dir, &Self::name(sha256)?, into).await
+    async fn get(&mut self, sha256: &str) -> Result<Option<Vec<u8>>> {
+        read_file(&self.dir, &Self::name(sha256)?).await
     }
     async fn put(&mut self, sha256: &str, bytes: &[u8]) -> Result<()> {
         match write_file(&self.dir, &Self::name(sha256)?, bytes).await {

@@ -67,10 +67,8 @@ pub trait Transport {
 /// Stores verified shards by SHA-256.
 #[allow(async_fn_in_trait)]
 pub trait ShardCache {
-    /// Reads a cached shard into `into` (replacing its contents, reusing its allocation: the
-    /// loader passes one buffer for every shard, so wasm memory does not fragment into a new
-    /// shard-sized region per shard); `false` when it is not cached.
-    async fn get(&mut self, sha256: &str, into: &mut Vec<u8>) -> Result<bool>;
+    /// A cached shard, if present.
+    async fn get(&mut self, sha256: &str) -> Result<Option<Vec<u8>>>;
     /// Stores a verified shard (errors say how much space is missing).
     async fn put(&mut self, sha256: &str, bytes: &[u8]) -> Result<()>;
     /// Deletes a shard (corrupt, or clearing the cache).
@@ -81,8 +79,8 @@ pub trait ShardCache {
 pub struct NoCache;
 
 impl ShardCache for NoCache {
-    async fn get(&mut self, _: &str, _: &mut Vec<u8>) -> Result<bool> {
-        Ok(false)
+    async fn get(&mut self, _: &str) -> Result<Option<Vec<u8>>> {
+        Ok(None)
     }
     async fn put(&mut self, _: &str, _: &[u8]) -> Result<()> {
         Ok(())
@@ -184,8 +182,7 @@ impl Meter {
     }
 }
 
-/// Fetches one shard into `buf` (its allocation reused): cache first, then the network with
-/// resume, retries and verification.
+/// Fetches one shard: cache first, then the network with resume, retries and verification.
 #[allow(clippy::too_many_arguments)]
 async fn fetch_shard<T: Transport, C: ShardCache>(
     transport: &mut T,
@@ -197,8 +194,7 @@ async fn fetch_shard<T: Transport, C: ShardCache>(
     meter: &mut Meter,
     progress: &mut dyn FnMut(&Progress),
     comp: (u64, u64),
-    buf: &mut Vec<u8>,
-) -> Result<()> {
+) -> Result<Vec<u8>> {
     let mk = |phase, meter: &Meter, comp_done: u64| Progress {
         component: shard.component.clone(),
         shard: shard.file.clone(),
@@ -213,20 +209,19 @@ async fn fetch_shard<T: Transport, C: ShardCache>(
             (r > 0.0).then(|| (meter.total - meter.done) as f64 / r)
         },
     };
-    if cache.get(&shard.sha256, buf).await? {
-        if buf.len() as u64 == shard.bytes && super::sha256_hex(buf) == shard.sha256 {
+    if let Some(bytes) = cache.get(&shard.sha256).await? {
+        if bytes.len() as u64 == shard.bytes && super::sha256_hex(&bytes) == shard.sha256 {
             report.from_cache += 1;
             meter.done += shard.bytes;
             progress(&mk("cache", meter, comp.0 + shard.bytes));
-            return Ok(());
+            return Ok(bytes);
         }
         report.cache_corrupt += 1;
         report.events.push(format!("{}: cached copy failed verification; deleted, fetching again", shard.file));
         cache.remove(&shard.sha256).await?;
     }
     let url = join(base, &shard.file);
-    buf.clear();
-    buf.reserve(shard.bytes as usize);
+    let mut buf: Vec<u8> = Vec::with_capacity(shard.bytes as usize);
     let mut hasher = sha2::Sha256::new();
     let mut attempts = 0u32;
     let mut corrupt = 0u32;
@@ -280,9 +275,9 @@ async fn fetch_shard<T: Transport, C: ShardCache>(
             Ok(()) if !overflow && buf.len() as u64 == shard.bytes => {
                 let digest = super::hex(&std::mem::replace(&mut hasher, sha2::Sha256::new()).finalize());
                 if digest == shard.sha256 {
-                    cache.put(&shard.sha256, buf).await?;
+                    cache.put(&shard.sha256, &buf).await?;
                     report.downloaded += 1;
-                    return Ok(());
+                    return Ok(buf);
                 }
                 report.corrupt += 1;
                 report.events.push(format!("{}: SHA-256 mismatch ({digest}); discarded, fetching again", shard.file));
@@ -526,17 +521,17 @@ pub async fn load_shards<T: Transport, C: ShardCache>(
     let mut report = LoadReport { shards: shards.len(), ..Default::default() };
     let mut meter = Meter { started_ms: t0, downloaded: 0, done: 0, total: shards.iter().map(|s| s.1.bytes).sum() };
     let mut comp_done: HashMap<String, u64> = HashMap::new();
-    // One buffer for every shard (see `ShardCache::get`).
-    let mut buf = Vec::new();
     for (i, shard) in shards {
         if cancelled() {
             return Err(Error::Cancelled);
         }
         let total = source.manifest.component_bytes(&shard.component);
         let done = *comp_done.get(&shard.component).unwrap_or(&0);
-        let comp = (done, total);
-        fetch_shard(transport, cache, base, &shard, retry, &mut report, &mut meter, progress, comp, &mut buf).await?;
-        source.ingest(i, &buf)?;
+        let bytes =
+            fetch_shard(transport, cache, base, &shard, retry, &mut report, &mut meter, progress, (done, total))
+                .await?;
+        source.ingest(i, &bytes)?;
+        drop(bytes);
         *comp_done.entry(shard.component.clone()).or_default() += shard.bytes;
     }
     report.ms = crate::backend::now_ms() - t0;

@@ -193,17 +193,12 @@ impl DirCache {
 }
 
 impl ShardCache for DirCache {
-    async fn get(&mut self, sha256: &str, into: &mut Vec<u8>) -> Result<bool> {
-        use std::io::Read;
-        let err = |e| Error::io(format!("reading the shard cache {}", self.dir.display()), e);
-        let mut f = match std::fs::File::open(self.path(sha256)?) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(err(e)),
-        };
-        into.clear();
-        f.read_to_end(into).map_err(err)?;
-        Ok(true)
+    async fn get(&mut self, sha256: &str) -> Result<Option<Vec<u8>>> {
+        match std::fs::read(self.path(sha256)?) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(format!("reading the shard cache {}", self.dir.display()), e)),
+        }
     }
     async fn put(&mut self, sha256: &str, bytes: &[u8]) -> Result<()> {
         std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(format!("creating {}", self.dir.display()), e))?;
