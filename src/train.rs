@@ -20,6 +20,7 @@ use crate::distribution::{
     OrthoFeatures, OrthoForm, PromptGaussian, PromptLayout, SigmaEstimate, Template, fit_gaussian, ortho_loss_with,
 };
 use crate::model::StableDiffusion;
+use crate::model::reduce::sum_all;
 use crate::model::tape::{Observer, Val};
 use crate::rng::Rng;
 use crate::schedule::NoiseSchedule;
@@ -216,7 +217,7 @@ pub fn denoise_loss(
     let xt = schedule.add_noise(x0.clone(), eps.clone(), &[t]);
     let target = schedule.target(sd.spec.unet.prediction, x0, eps, &[t]);
     let pred = sd.unet.forward_planned(xt.expand([s, c, h, w]), &vec![t as f32; s], &cond, &sd.plan, &mut ());
-    (pred - target.expand([s, c, h, w])).powi_scalar(2).mean()
+    crate::model::reduce::mean_all((pred - target.expand([s, c, h, w])).powi_scalar(2))
 }
 
 /// Adam / AdamW on one tensor, state kept on the device.
@@ -576,7 +577,7 @@ impl Trainer {
             let wt = tensor(weights.clone(), [n, 1, 1, 1], &device);
             let diff = out - target;
             // L = Σᵢ wᵢ·mean(diffᵢ²) / items  ⇒  ∂L/∂out = 2·wᵢ·diffᵢ / (per·items).
-            let sq = (diff.clone().powi_scalar(2) * wt.clone()).sum();
+            let sq = sum_all(diff.clone().powi_scalar(2) * wt.clone());
             denoise += read(sq).await?[0] / (per * items as f32);
             let g_out = diff * wt * (2.0 / (per * items as f32));
             let grads = tape.backward(vals, vec![(us.out, g_out.into())], &[us.context], obs)?;
@@ -586,7 +587,7 @@ impl Trainer {
         }
         let g_cond = Tensor::cat(g_parts, 0);
         // 4. Back through μ, σ and the samples to the encodings (surrogate ⟨c̃, ∂L/∂c̃⟩ + λ·L_ortho).
-        let surrogate = (cond * g_cond).sum() + ortho.clone() * self.cfg.lambda;
+        let surrogate = sum_all(cond * g_cond) + ortho.clone() * self.cfg.lambda;
         let grads = surrogate.backward();
         let g_c = c_leaf.grad(&grads).ok_or_else(|| bad_grad("the encodings"))?;
         // 5. Back through the text encoder, layer by layer, to the token embeddings; V's rows.
@@ -613,7 +614,7 @@ impl Trainer {
             )));
         }
         if let Some(max) = self.cfg.grad_clip {
-            let norm = read(g_v.clone().powi_scalar(2).sum()).await?[0].sqrt();
+            let norm = read(sum_all(g_v.clone().powi_scalar(2))).await?[0].sqrt();
             if norm > max {
                 g_v = g_v * (max / (norm + 1e-6));
             }

@@ -169,3 +169,62 @@ fn selftest_report_is_identical_across_rounds_on_cpu() {
     let names: Vec<_> = report.rounds[0].ops.iter().map(|o| o.name.as_str()).collect();
     assert_eq!(names, ["matmul", "conv2d", "group_norm", "attention", "backward"]);
 }
+
+/// The long reductions of `dreamdist::model::reduce` against f64 sums, at lengths where burn's
+/// own kernels return wrong sums on lavapipe (axes of ≥ 65 536 elements, full sums of more than
+/// 262 144): a 70 001-long axis, a full sum of 2²⁰ + 3 elements, a 40 000-long softmax and
+/// group-norm statistics of `[1, 64, 256, 256]` (131 072 elements per group).
+fn check_long_reductions(kind: BackendKind) {
+    use dreamdist::model::reduce;
+    let (device, info) = backend::device(kind).unwrap_or_else(|e| panic!("{kind:?} device unavailable: {e}"));
+    eprintln!("backend {kind:?}: {} ({})", info.name, info.graphics_api);
+    let mut rng = dreamdist::rng::Rng::new(11);
+    let (rows, len) = (3, 70_001);
+    let x = rng.normal_vec(rows * len).iter().map(|v| v + 0.25).collect::<Vec<f32>>();
+    let t = backend::tensor(x.clone(), [rows, len], &device);
+    let want: Vec<f64> = x.chunks(len).map(|r| r.iter().map(|&v| v as f64).sum()).collect();
+    assert_close("sum_last [3, 70001]", &block_on(read(reduce::sum_last(t.clone()))).unwrap(), &want, 1e-2, 1e-5);
+    let want_max: Vec<f64> = x.chunks(len).map(|r| r.iter().fold(f64::MIN, |m, &v| m.max(v as f64))).collect();
+    assert_close("max_last [3, 70001]", &block_on(read(reduce::max_last(t.clone()))).unwrap(), &want_max, 0.0, 0.0);
+    let n = (1 << 20) + 3;
+    let y = rng.uniform_vec(n, 0.0, 1.0);
+    let want_all = y.iter().map(|&v| v as f64).sum::<f64>();
+    let got = block_on(read(reduce::sum_all(backend::tensor(y.clone(), [n], &device)))).unwrap();
+    assert_close("sum_all of 2^20 + 3", &got, &[want_all], 0.0, 1e-5);
+    let got = block_on(read(reduce::mean_all(backend::tensor(y, [1, n], &device)))).unwrap();
+    assert_close("mean_all of 2^20 + 3", &got, &[want_all / n as f64], 0.0, 1e-5);
+    let (r, l) = (2, 40_000);
+    let s = rng.normal_vec(r * l).iter().map(|v| v * 3.0).collect::<Vec<f32>>();
+    let want_sm: Vec<f64> = s
+        .chunks(l)
+        .flat_map(|row| {
+            let m = row.iter().fold(f64::MIN, |m, &v| m.max(v as f64));
+            let z: f64 = row.iter().map(|&v| (v as f64 - m).exp()).sum();
+            row.iter().map(move |&v| (v as f64 - m).exp() / z).collect::<Vec<_>>()
+        })
+        .collect();
+    let got = block_on(read(reduce::softmax_last(backend::tensor(s, [r, l], &device)))).unwrap();
+    assert_close("softmax_last [2, 40000]", &got, &want_sm, 1e-9, 1e-4);
+    let (c, hw, g) = (64, 256, 32);
+    let z = rng.normal_vec(c * hw * hw).iter().map(|v| v * 2.0 + 0.5).collect::<Vec<f32>>();
+    let per = c / g * hw * hw;
+    let (mut want_mean, mut want_var) = (vec![], vec![]);
+    for grp in z.chunks(per) {
+        let m = grp.iter().map(|&v| v as f64).sum::<f64>() / per as f64;
+        want_mean.push(m);
+        want_var.push(grp.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / per as f64);
+    }
+    let (mean, var) = reduce::group_mean_var(backend::tensor(z, [1, c, hw, hw], &device), g);
+    assert_close("group mean [1, 64, 256, 256]", &block_on(read(mean)).unwrap(), &want_mean, 1e-5, 1e-4);
+    assert_close("group var [1, 64, 256, 256]", &block_on(read(var)).unwrap(), &want_var, 1e-5, 1e-4);
+}
+
+#[test]
+fn long_reductions_match_f64_on_cpu() {
+    check_long_reductions(BackendKind::Cpu);
+}
+
+#[test]
+fn long_reductions_match_f64_on_wgpu() {
+    check_long_reductions(BackendKind::Wgpu);
+}

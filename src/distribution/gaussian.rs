@@ -3,6 +3,7 @@
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
+use crate::model::reduce::sum_last;
 use crate::{Error, Result};
 
 /// A diagonal Gaussian over encoder outputs: per position and channel, `[77, H]` each.
@@ -146,7 +147,7 @@ pub fn ortho_loss_with(c: Tensor<3>, eos: usize, features: OrthoFeatures, form: 
         OrthoFeatures::Eos => c.slice([0..k, eos..eos + 1]).reshape([k, h]),
         OrthoFeatures::Flat => c.reshape([k, l * h]),
     };
-    let norm = f.clone().powi_scalar(2).sum_dim(1).sqrt().clamp_min(1e-12);
+    let norm = sum_last(f.clone().powi_scalar(2)).sqrt().clamp_min(1e-12);
     let f = f / norm;
     let cos = f.clone().matmul(f.transpose());
     if k < 2 {

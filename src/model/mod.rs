@@ -2,6 +2,7 @@
 //! Each has a config with `sd21()`, `sd21_base()`, `tiny()` and `demo()` constructors.
 pub mod clip;
 pub mod nn;
+pub mod reduce;
 pub mod tape;
 pub mod unet;
 pub mod vae;

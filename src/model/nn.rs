@@ -5,7 +5,6 @@
 //! quantized matmul reads it directly); a quantized convolution weight is dequantized for the
 //! call and the copy dropped with it.
 use burn::module::{Module, Param};
-use burn::tensor::activation::softmax;
 use burn::tensor::module::{conv2d, linear};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, FloatDType, Tensor};
@@ -223,11 +222,9 @@ impl GroupNorm {
     /// Per-(sample, group) mean and variance of `[N, C, H, W]`, each `[N, G, 1]` (f32 for
     /// half-precision input).
     pub fn stats(&self, x: Tensor<4>) -> (Tensor<3>, Tensor<3>) {
-        let [n, c, h, w] = x.dims();
         let x = if is_half(&x) { x.cast(FloatDType::F32) } else { x };
-        let g = x.reshape([n, self.groups, (c / self.groups) * h * w]);
-        let (var, mean) = g.var_mean_bias(2);
-        (mean, var)
+        // Two short reductions per statistic, not one over C/G·H·W elements (see `reduce`).
+        super::reduce::group_mean_var(x, self.groups)
     }
 
     /// Normalises with given statistics (from [`stats`](Self::stats), or accumulated over bands);
@@ -311,7 +308,7 @@ pub fn attention_block(
         let mask = Tensor::<2, burn::tensor::Bool>::tril_mask([lq, lk], q_offset as i64, &scores.device());
         scores = scores.mask_fill(mask.unsqueeze::<4>().expand([b, heads, lq, lk]), MASKED_SCORE);
     }
-    let out = softmax(scores, 3).matmul(v);
+    let out = super::reduce::softmax_last(scores).matmul(v);
     to_dtype(out.swap_dims(1, 2).reshape([b, lq, dim]), dt)
 }
 

@@ -18,6 +18,8 @@ use burn::tensor::Tensor;
 
 use crate::{Error, Result};
 
+use super::reduce::sum_all;
+
 /// A tensor of rank 2, 3 or 4 held in a slot.
 #[derive(Clone, Debug)]
 pub enum Val {
@@ -104,9 +106,9 @@ impl Val {
     /// `sum(self ⊙ g)` as a one-element tensor (the surrogate whose gradient is the VJP).
     fn dot(&self, g: &Val) -> Tensor<1> {
         match (self, g) {
-            (Val::T2(a), Val::T2(b)) => (a.clone() * b.clone()).sum(),
-            (Val::T3(a), Val::T3(b)) => (a.clone() * b.clone()).sum(),
-            (Val::T4(a), Val::T4(b)) => (a.clone() * b.clone()).sum(),
+            (Val::T2(a), Val::T2(b)) => sum_all(a.clone() * b.clone()),
+            (Val::T3(a), Val::T3(b)) => sum_all(a.clone() * b.clone()),
+            (Val::T4(a), Val::T4(b)) => sum_all(a.clone() * b.clone()),
             (a, b) => panic!("gradient rank mismatch: {a:?} vs {b:?}"),
         }
     }

@@ -14,6 +14,7 @@ use burn::tensor::activation::silu;
 use serde::{Deserialize, Serialize};
 
 use super::nn::{Conv2d, GroupNorm, Linear, MemPlan, attention_chunked, upsample_nearest2x};
+use super::reduce::group_sums;
 use super::unet::ResnetBlock;
 use crate::weights::{KeyRewrite, Vb};
 
@@ -195,17 +196,17 @@ impl Bands {
             return Bands { parts: vec![gn.forward(self.parts[0].clone())] };
         }
         let g = gn.groups;
-        let grouped = |p: &Tensor<4>| {
-            let [n, c, h, w] = p.dims();
-            p.clone().reshape([n, g, (c / g) * h * w])
-        };
         let count: usize = self.parts.iter().map(|p| p.dims()[1] / g * p.dims()[2] * p.dims()[3]).sum();
-        let sum = self.parts.iter().map(|p| grouped(p).sum_dim(2)).reduce(|a, b| a + b).expect("bands");
+        let sum = self.parts.iter().map(|p| group_sums(p.clone(), g)).reduce(|a, b| a + b).expect("bands");
         let mean = sum / count as f32;
         let sq = self
             .parts
             .iter()
-            .map(|p| (grouped(p) - mean.clone()).powi_scalar(2).sum_dim(2))
+            .map(|p| {
+                let [n, c, h, w] = p.dims();
+                let centred = p.clone().reshape([n, g, (c / g) * h * w]) - mean.clone();
+                group_sums(centred.powi_scalar(2).reshape([n, c, h, w]), g)
+            })
             .reduce(|a, b| a + b)
             .expect("bands");
         let var = sq / count as f32;
