@@ -228,3 +228,46 @@ fn long_reductions_match_f64_on_cpu() {
 fn long_reductions_match_f64_on_wgpu() {
     check_long_reductions(BackendKind::Wgpu);
 }
+
+/// Gradients through a group norm whose groups hold 131 072 elements and through a softmax over
+/// 70 001 entries: under autodiff the backward sums over every axis its forward broadcast over,
+/// so these would hand lavapipe the long reductions it gets wrong unless the forward keeps each
+/// broadcast short (`reduce::spread_groups`, the chunked `reduce::softmax_last`).
+fn long_gradients(kind: BackendKind) -> (Vec<f32>, Vec<f32>) {
+    use dreamdist::model::nn::GroupNorm;
+    use dreamdist::model::reduce;
+    use dreamdist::weights::{MapSource, Vb};
+    let (device, _) = backend::device(kind).unwrap_or_else(|e| panic!("{kind:?} device unavailable: {e}"));
+    let ad = device.autodiff();
+    let mut rng = dreamdist::rng::Rng::new(5);
+    let (c, hw) = (64, 256);
+    let vb = Vb::new(
+        MapSource::default().with("weight", rng.uniform_vec(c, 0.5, 1.5)).with("bias", rng.uniform_vec(c, -0.5, 0.5)),
+        &ad,
+    );
+    let gn = GroupNorm::new(&vb, 32, c, 1e-5);
+    vb.finish().unwrap();
+    let x = backend::tensor(rng.normal_vec(c * hw * hw).iter().map(|v| v * 2.0 + 0.3).collect(), [1, c, hw, hw], &ad)
+        .require_grad();
+    let r = backend::tensor(rng.normal_vec(c * hw * hw), [1, c, hw, hw], &ad);
+    let grads = reduce::sum_all(gn.forward(x.clone()) * r).backward();
+    let g_norm = block_on(read(x.grad(&grads).unwrap())).unwrap();
+    let (rows, len) = (2, 70_001);
+    let s =
+        backend::tensor(rng.normal_vec(rows * len).iter().map(|v| v * 3.0).collect(), [rows, len], &ad).require_grad();
+    let r = backend::tensor(rng.normal_vec(rows * len), [rows, len], &ad);
+    let grads = reduce::sum_all(reduce::softmax_last(s.clone()) * r).backward();
+    let g_soft = block_on(read(s.grad(&grads).unwrap())).unwrap();
+    (g_norm, g_soft)
+}
+
+#[test]
+fn long_reduction_gradients_on_wgpu_equal_the_cpu() {
+    let (cpu_norm, cpu_soft) = long_gradients(BackendKind::Cpu);
+    let (gpu_norm, gpu_soft) = long_gradients(BackendKind::Wgpu);
+    for (name, a, b) in [("group norm", &cpu_norm, &gpu_norm), ("softmax", &cpu_soft, &gpu_soft)] {
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let want: Vec<f64> = a.iter().map(|&v| v as f64).collect();
+        assert_close(&format!("{name} gradient, wgpu vs cpu"), b, &want, 1e-4 * scale as f64, 0.0);
+    }
+}

@@ -231,11 +231,16 @@ impl GroupNorm {
     /// half-precision input is normalised in f32 and returned in its own dtype.
     pub fn apply(&self, x: Tensor<4>, mean: Tensor<3>, var: Tensor<3>) -> Tensor<4> {
         let [n, c, h, w] = x.dims();
+        let (g, r) = (self.groups, (c / self.groups) * h);
         let dt = float_dtype(x.dtype());
         let xf = if is_half(&x) { x.cast(FloatDType::F32) } else { x };
-        let g = xf.reshape([n, self.groups, (c / self.groups) * h * w]);
-        let g = (g.clone() - like(mean, &g)) / (like(var, &g) + self.eps).sqrt();
-        let y = g.reshape([n, c, h, w]);
+        // The statistics reach the elements in two short broadcasts (`spread_groups`), so the
+        // backward never sums over a whole group in one kernel (see `reduce`).
+        use super::reduce::spread_groups;
+        let inv_std = (like(var, &xf) + self.eps).sqrt().recip();
+        let mean = like(mean, &xf);
+        let x4 = xf.reshape([n, g, r, w]);
+        let y = ((x4 - spread_groups(mean, r)) * spread_groups(inv_std, r)).reshape([n, c, h, w]);
         let y = y.clone() * like(self.weight.val(), &y).reshape([1, c, 1, 1])
             + like(self.bias.val(), &y).reshape([1, c, 1, 1]);
         to_dtype(y, dt)

@@ -66,12 +66,20 @@ pub fn mean_all<const D: usize>(x: Tensor<D>) -> Tensor<1> {
 }
 
 /// Softmax over the last axis (as burn's `softmax(x, D - 1)`), chunked when the axis is long.
+///
+/// Autodiff-safe as well: the maximum is detached (softmax does not depend on it), and the
+/// normaliser divides one chunk at a time, so the backward's sums over the broadcast axis are
+/// per chunk.
 pub fn softmax_last<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    if x.dims()[D - 1] <= MAX_REDUCE {
+    let l = x.dims()[D - 1];
+    if l <= MAX_REDUCE {
         return softmax(x, D - 1);
     }
-    let e = (x.clone() - max_last(x)).exp();
-    e.clone() / sum_last(e)
+    let e = (x.clone() - max_last(x).detach()).exp();
+    let z = sum_last(e.clone());
+    let parts =
+        (0..l).step_by(MAX_REDUCE).map(|s| e.clone().narrow(D - 1, s, MAX_REDUCE.min(l - s)) / z.clone()).collect();
+    Tensor::cat(parts, D - 1)
 }
 
 /// Per-(sample, group) sum of `[N, C, H, W]` with `C` in `groups` groups, `[N, groups, 1]`:
@@ -83,13 +91,24 @@ pub fn group_sums(x: Tensor<4>, groups: usize) -> Tensor<3> {
     sum_last(rows.reshape([n, groups, (c / groups) * h]))
 }
 
+/// Per-(sample, group) statistics `[N, G, 1]` spread to `[N, G, rows, 1]` by a product with
+/// ones, ready to broadcast over a row of `[N, G, rows, W]`. Under autodiff, the backward of the
+/// two broadcasts sums over `W`, then over `rows` — never over a whole group at once, which a
+/// plain `[N, G, 1]` broadcast over `[N, G, rows·W]` would ask of one reduction kernel.
+pub fn spread_groups(s: Tensor<3>, rows: usize) -> Tensor<4> {
+    let [n, g, _] = s.dims();
+    let ones = Tensor::<4>::ones([1, 1, rows, 1], &s.device());
+    s.reshape([n, g, 1, 1]) * ones
+}
+
 /// Per-(sample, group) mean and biased variance of `[N, C, H, W]`, each `[N, groups, 1]`
 /// (two passes: the mean, then the mean squared deviation).
 pub fn group_mean_var(x: Tensor<4>, groups: usize) -> (Tensor<3>, Tensor<3>) {
     let [n, c, h, w] = x.dims();
-    let count = ((c / groups) * h * w) as f32;
+    let rows = (c / groups) * h;
+    let count = (rows * w) as f32;
     let mean = group_sums(x.clone(), groups) / count;
-    let centred = x.reshape([n, groups, (c / groups) * h * w]) - mean.clone();
+    let centred = x.reshape([n, groups, rows, w]) - spread_groups(mean.clone(), rows);
     let var = group_sums(centred.powi_scalar(2).reshape([n, c, h, w]), groups) / count;
     (mean, var)
 }
