@@ -1,8 +1,15 @@
-//! Single operations at the VAE decoder's shapes, on the CPU and on the wgpu device, compared.
+//! Single operations at the VAE decoder's shapes, on the CPU and on the wgpu device, compared —
+//! the probe that found burn's long-reduction fault on lavapipe (docs/UPSTREAM.md).
 //!
 //! ```sh
-//! XDG_RUNTIME_DIR=/tmp cargo run --release --example op_crosscheck
+//! XDG_RUNTIME_DIR=/tmp cargo run --release --example op_crosscheck            # every op
+//! XDG_RUNTIME_DIR=/tmp cargo run --release --example op_crosscheck -- conv    # ops whose name has "conv"
+//! XDG_RUNTIME_DIR=/tmp cargo run --release --example op_crosscheck -- sum 4 65536 1 262144   # sum_dim of ones [R, L]
+//! XDG_RUNTIME_DIR=/tmp cargo run --release --example op_crosscheck -- full 1048576           # sum()/mean() of N ones
+//! XDG_RUNTIME_DIR=/tmp cargo run --release --example op_crosscheck -- softmax 2 262144       # softmax [R, L] vs the CPU
 //! ```
+//!
+//! These call burn's own reductions on purpose (not `dreamdist::model::reduce`).
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData};
