@@ -81,7 +81,12 @@ WebGPU's default binding limit ({r['wgpu']['max_binding']} B).
 
 Gradient: max |g| {g['max_abs']:.3e}; max |g_cpu − g_wgpu| {g['max_abs_difference']:.3e} ({g['relative']:.2e} of max |g|); same sign in {100*g['same_sign']:.2f}% of entries. Loss relative difference {r['loss_relative_difference']:.2e}.
 """
-open(f"docs/proof-train-wgpu-{size}.md", "w").write(text)
+# Keep the readings written under the table by hand (everything from the first "## ").
+import os
+path = f"docs/proof-train-wgpu-{size}.md"
+old = open(path).read() if os.path.exists(path) else ""
+kept = old[old.index("\n## "):] if "\n## " in old else ""
+open(path, "w").write(text + kept)
 print(text)
 PY
     ;;
