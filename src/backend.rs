@@ -176,7 +176,13 @@ pub fn cpu_device() -> Device {
 pub fn device(kind: BackendKind) -> Result<(Device, AdapterInfo)> {
     match kind {
         BackendKind::Cpu => Ok((cpu_device(), AdapterInfo::cpu())),
-        BackendKind::Wgpu => block_on(wgpu_device_async()),
+        BackendKind::Wgpu => {
+            // Threads (parallel tests) may ask at once, and burn's runtime can be registered
+            // only once per process: the first initialises, the others then get its device.
+            static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+            let _one_at_a_time = INIT.lock().unwrap_or_else(|e| e.into_inner());
+            block_on(wgpu_device_async())
+        }
     }
 }
 
