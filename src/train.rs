@@ -20,7 +20,7 @@ use crate::distribution::{
     OrthoFeatures, OrthoForm, PromptGaussian, PromptLayout, SigmaEstimate, Template, fit_gaussian, ortho_loss_with,
 };
 use crate::model::StableDiffusion;
-use crate::model::reduce::sum_all;
+use crate::model::reduce::{mean_all, sum_all};
 use crate::model::tape::{Observer, Val};
 use crate::rng::Rng;
 use crate::schedule::NoiseSchedule;
@@ -217,7 +217,7 @@ pub fn denoise_loss(
     let xt = schedule.add_noise(x0.clone(), eps.clone(), &[t]);
     let target = schedule.target(sd.spec.unet.prediction, x0, eps, &[t]);
     let pred = sd.unet.forward_planned(xt.expand([s, c, h, w]), &vec![t as f32; s], &cond, &sd.plan, &mut ());
-    crate::model::reduce::mean_all((pred - target.expand([s, c, h, w])).powi_scalar(2))
+    mean_all((pred - target.expand([s, c, h, w])).powi_scalar(2))
 }
 
 /// Adam / AdamW on one tensor, state kept on the device.

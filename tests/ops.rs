@@ -111,9 +111,15 @@ fn assert_close(name: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64) {
     eprintln!("{name}: max |diff| {worst:.3e}");
 }
 
-fn check_backend(kind: BackendKind) {
+/// The device of `kind`, named on stderr; a missing one fails the test.
+fn open(kind: BackendKind) -> burn::tensor::Device {
     let (device, info) = backend::device(kind).unwrap_or_else(|e| panic!("{kind:?} device unavailable: {e}"));
     eprintln!("backend {kind:?}: {} ({})", info.name, info.graphics_api);
+    device
+}
+
+fn check_backend(kind: BackendKind) {
+    let device = open(kind);
     let inp = Inputs::new(selftest::SEED);
     let x64: Vec<f64> = inp.conv_x.iter().map(|&v| v as f64).collect();
     let want_mm = matmul(&inp.a, &inp.b, 64, 96, 48);
@@ -176,8 +182,7 @@ fn selftest_report_is_identical_across_rounds_on_cpu() {
 /// group-norm statistics of `[1, 64, 256, 256]` (131 072 elements per group).
 fn check_long_reductions(kind: BackendKind) {
     use dreamdist::model::reduce;
-    let (device, info) = backend::device(kind).unwrap_or_else(|e| panic!("{kind:?} device unavailable: {e}"));
-    eprintln!("backend {kind:?}: {} ({})", info.name, info.graphics_api);
+    let device = open(kind);
     let mut rng = dreamdist::rng::Rng::new(11);
     let (rows, len) = (3, 70_001);
     let x = rng.normal_vec(rows * len).iter().map(|v| v + 0.25).collect::<Vec<f32>>();
@@ -237,7 +242,7 @@ fn long_gradients(kind: BackendKind) -> (Vec<f32>, Vec<f32>) {
     use dreamdist::model::nn::GroupNorm;
     use dreamdist::model::reduce;
     use dreamdist::weights::{MapSource, Vb};
-    let (device, _) = backend::device(kind).unwrap_or_else(|e| panic!("{kind:?} device unavailable: {e}"));
+    let device = open(kind);
     let ad = device.autodiff();
     let mut rng = dreamdist::rng::Rng::new(5);
     let (c, hw) = (64, 256);

@@ -10,6 +10,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::reduce::spread_groups;
 use crate::weights::{Init, Vb};
 
 /// Largest intermediate tensors (bytes) a computation may create: attention score blocks,
@@ -236,7 +237,6 @@ impl GroupNorm {
         let xf = if is_half(&x) { x.cast(FloatDType::F32) } else { x };
         // The statistics reach the elements in two short broadcasts (`spread_groups`), so the
         // backward never sums over a whole group in one kernel (see `reduce`).
-        use super::reduce::spread_groups;
         let inv_std = (like(var, &xf) + self.eps).sqrt().recip();
         let mean = like(mean, &xf);
         let x4 = xf.reshape([n, g, r, w]);

@@ -16,30 +16,26 @@ use burn::tensor::activation::softmax;
 /// Longest axis one reduction kernel is given (4× below the shortest failing length seen).
 pub const MAX_REDUCE: usize = 16_384;
 
+/// The last axis of `x` cut into consecutive pieces of at most [`MAX_REDUCE`] elements.
+fn chunks_last<const D: usize>(x: &Tensor<D>) -> impl Iterator<Item = Tensor<D>> + '_ {
+    let l = x.dims()[D - 1];
+    (0..l).step_by(MAX_REDUCE).map(move |s| x.clone().narrow(D - 1, s, MAX_REDUCE.min(l - s)))
+}
+
 /// Sum over the last axis, kept with size 1 (as `sum_dim`).
 pub fn sum_last<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    let l = x.dims()[D - 1];
-    if l <= MAX_REDUCE {
+    if x.dims()[D - 1] <= MAX_REDUCE {
         return x.sum_dim(D - 1);
     }
-    (0..l)
-        .step_by(MAX_REDUCE)
-        .map(|s| x.clone().narrow(D - 1, s, MAX_REDUCE.min(l - s)).sum_dim(D - 1))
-        .reduce(|a, b| a + b)
-        .expect("a non-empty axis")
+    chunks_last(&x).map(|p| p.sum_dim(D - 1)).reduce(|a, b| a + b).expect("a non-empty axis")
 }
 
 /// Maximum over the last axis, kept with size 1 (as `max_dim`).
 pub fn max_last<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    let l = x.dims()[D - 1];
-    if l <= MAX_REDUCE {
+    if x.dims()[D - 1] <= MAX_REDUCE {
         return x.max_dim(D - 1);
     }
-    (0..l)
-        .step_by(MAX_REDUCE)
-        .map(|s| x.clone().narrow(D - 1, s, MAX_REDUCE.min(l - s)).max_dim(D - 1))
-        .reduce(|a, b| a.max_pair(b))
-        .expect("a non-empty axis")
+    chunks_last(&x).map(|p| p.max_dim(D - 1)).reduce(|a, b| a.max_pair(b)).expect("a non-empty axis")
 }
 
 /// Sum of all elements as a one-element tensor (as `sum()`): rows of [`MAX_REDUCE`] elements
@@ -71,14 +67,12 @@ pub fn mean_all<const D: usize>(x: Tensor<D>) -> Tensor<1> {
 /// normaliser divides one chunk at a time, so the backward's sums over the broadcast axis are
 /// per chunk.
 pub fn softmax_last<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    let l = x.dims()[D - 1];
-    if l <= MAX_REDUCE {
+    if x.dims()[D - 1] <= MAX_REDUCE {
         return softmax(x, D - 1);
     }
     let e = (x.clone() - max_last(x).detach()).exp();
     let z = sum_last(e.clone());
-    let parts =
-        (0..l).step_by(MAX_REDUCE).map(|s| e.clone().narrow(D - 1, s, MAX_REDUCE.min(l - s)) / z.clone()).collect();
+    let parts = chunks_last(&e).map(|p| p / z.clone()).collect();
     Tensor::cat(parts, D - 1)
 }
 
@@ -101,14 +95,21 @@ pub fn spread_groups(s: Tensor<3>, rows: usize) -> Tensor<4> {
     s.reshape([n, g, 1, 1]) * ones
 }
 
+/// Per-(sample, group) sum of squared deviations of `[N, C, H, W]` from `mean` `[N, groups, 1]`,
+/// `[N, groups, 1]` (the mean may come from more than `x`, e.g. from all bands of an image).
+pub fn group_sq_dev_sums(x: Tensor<4>, mean: Tensor<3>, groups: usize) -> Tensor<3> {
+    let [n, c, h, w] = x.dims();
+    let rows = (c / groups) * h;
+    let centred = x.reshape([n, groups, rows, w]) - spread_groups(mean, rows);
+    group_sums(centred.powi_scalar(2).reshape([n, c, h, w]), groups)
+}
+
 /// Per-(sample, group) mean and biased variance of `[N, C, H, W]`, each `[N, groups, 1]`
 /// (two passes: the mean, then the mean squared deviation).
 pub fn group_mean_var(x: Tensor<4>, groups: usize) -> (Tensor<3>, Tensor<3>) {
-    let [n, c, h, w] = x.dims();
-    let rows = (c / groups) * h;
-    let count = (rows * w) as f32;
+    let [_, c, h, w] = x.dims();
+    let count = ((c / groups) * h * w) as f32;
     let mean = group_sums(x.clone(), groups) / count;
-    let centred = x.reshape([n, groups, rows, w]) - spread_groups(mean.clone(), rows);
-    let var = group_sums(centred.powi_scalar(2).reshape([n, c, h, w]), groups) / count;
+    let var = group_sq_dev_sums(x, mean.clone(), groups) / count;
     (mean, var)
 }

@@ -14,7 +14,7 @@ use burn::tensor::activation::silu;
 use serde::{Deserialize, Serialize};
 
 use super::nn::{Conv2d, GroupNorm, Linear, MemPlan, attention_chunked, upsample_nearest2x};
-use super::reduce::group_sums;
+use super::reduce::{group_sq_dev_sums, group_sums};
 use super::unet::ResnetBlock;
 use crate::weights::{KeyRewrite, Vb};
 
@@ -202,11 +202,7 @@ impl Bands {
         let sq = self
             .parts
             .iter()
-            .map(|p| {
-                let [n, c, h, w] = p.dims();
-                let centred = p.clone().reshape([n, g, (c / g) * h * w]) - mean.clone();
-                group_sums(centred.powi_scalar(2).reshape([n, c, h, w]), g)
-            })
+            .map(|p| group_sq_dev_sums(p.clone(), mean.clone(), g))
             .reduce(|a, b| a + b)
             .expect("bands");
         let var = sq / count as f32;
