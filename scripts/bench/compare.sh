@@ -77,12 +77,16 @@ def kind(what):
     return what
 
 def rows(path):
-    out = {}
+    # Columns by header name: dreamdist's table has more of them than torch's.
+    out, cols = {}, None
     for line in open(path):
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) >= 5 and cells[1].endswith("²"):
+        if cells and cells[0] == "what":
+            cols = {c.split(" (")[0]: i for i, c in enumerate(cells)}
+            best = next(i for c, i in cols.items() if c.startswith("best"))
+        elif cols and len(cells) >= 5 and cells[1].endswith("²"):
             num = lambda s: float(s) if s not in ("n/a", "") else None
-            out[(kind(cells[0]), cells[1])] = (num(cells[2]), num(cells[3]), num(cells[4]))
+            out[(kind(cells[0]), cells[1])] = (num(cells[cols["first"]]), num(cells[best]), num(cells[cols["peak RSS"]]))
     return out
 
 def ratio(a, b):
