@@ -171,6 +171,35 @@ pub fn cpu_device() -> Device {
     Device::flex()
 }
 
+/// Whether `device` computes on the host CPU (burn's `flex` backend, with or without autodiff):
+/// some operations pick a formulation that is faster there (see `model::nn::Conv2d`).
+pub fn is_host(device: &Device) -> bool {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        device.clone().inner() == Device::flex()
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = device;
+        false
+    }
+}
+
+/// Memory the host could still give this process (`MemAvailable`), where the platform says.
+pub fn host_available_bytes() -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
 /// Native: a device of the given kind, with a description of it.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn device(kind: BackendKind) -> Result<(Device, AdapterInfo)> {

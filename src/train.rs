@@ -21,7 +21,7 @@ use crate::distribution::{
 };
 use crate::model::StableDiffusion;
 use crate::model::reduce::{mean_all, sum_all};
-use crate::model::tape::{Observer, Val};
+use crate::model::tape::{GraphBudget, Observer, Val};
 use crate::rng::Rng;
 use crate::schedule::NoiseSchedule;
 use crate::tokenizer::{ClipTokenizer, MAX_LEN};
@@ -296,11 +296,17 @@ pub struct StepDraws {
 pub struct Chunking {
     /// UNet items (image × sample pairs) per forward/backward.
     pub unet: usize,
+    /// Bytes of autodiff graph the step's forwards may keep so that the backward need not
+    /// recompute those pieces (see [`GraphBudget`]). Only the host CPU backend keeps any; on
+    /// a GPU every piece is recomputed (memory is the hard limit there). `None`: half of the
+    /// host memory available when the step starts.
+    #[serde(default)]
+    pub graph_bytes: Option<u64>,
 }
 
 impl Default for Chunking {
     fn default() -> Self {
-        Self { unet: 1 }
+        Self { unet: 1, graph_bytes: None }
     }
 }
 
@@ -314,7 +320,20 @@ impl Chunking {
 
     /// Everything in one pass.
     pub fn unchunked() -> Self {
-        Self { unet: usize::MAX }
+        Self { unet: usize::MAX, graph_bytes: None }
+    }
+
+    /// `unet` items per pass, graphs kept as by default.
+    pub fn unet(unet: usize) -> Self {
+        Self { unet, ..Self::default() }
+    }
+
+    /// The bytes of graph a step on `device` may keep: 0 off the host CPU backend.
+    pub fn graph_limit(&self, device: &burn::tensor::Device) -> u64 {
+        if !crate::backend::is_host(device) {
+            return 0;
+        }
+        self.graph_bytes.unwrap_or_else(|| GraphBudget::for_device(device).limit)
     }
 }
 
@@ -336,6 +355,9 @@ pub struct Trainer {
     /// Total loss per step so far.
     pub losses: Vec<f32>,
     chunking: Chunking,
+    /// The graph budget's limit, fixed when the chunking is set (later steps would otherwise
+    /// see the memory the allocator keeps from earlier ones as taken).
+    graph_limit: u64,
 }
 
 fn bad_grad(what: &str) -> Error {
@@ -411,6 +433,7 @@ impl Trainer {
             step: 0,
             losses: vec![],
             chunking: Chunking::for_model(&sd.spec),
+            graph_limit: Chunking::for_model(&sd.spec).graph_limit(&sd.device()),
         })
     }
 
@@ -436,6 +459,7 @@ impl Trainer {
 
     /// Sets how the step's UNet work is split (the result is the same up to float rounding).
     pub fn set_chunking(&mut self, chunking: Chunking) {
+        self.graph_limit = chunking.graph_limit(&self.v.device());
         self.chunking = chunking;
     }
 
@@ -517,7 +541,10 @@ impl Trainer {
         // 1. The text encoder, keeping its layer boundaries.
         let emb = self.layout.embed(&sd.text, self.v.clone())?;
         let (text_tape, ts) = sd.text.tape(MAX_LEN);
-        let text_vals = text_tape.forward(vec![(ts.embeds, emb.into())], true, &[], obs);
+        let mut budget = GraphBudget::new(self.graph_limit);
+        let text_vals = text_tape.forward_retaining(vec![(ts.embeds, emb.into())], &[ts.embeds], &mut budget, obs);
+        // The text graph lives until the end of the step; each UNet pass's only until its backward.
+        let text_budget = budget.used;
         let c = text_vals.get(ts.out).expect("kept").t3();
         // 2. Gaussian, samples and the orthogonality loss, under autodiff from the encodings.
         let c_leaf = c.autodiff().require_grad();
@@ -562,14 +589,15 @@ impl Trainer {
             let [n, ch, h, w] = xt.dims();
             let ctx = cond_plain.clone().narrow(0, start, len);
             let (tape, us) = sd.unet.tape(n, h, w, &sd.plan);
-            let vals = tape.forward(
+            budget.used = text_budget;
+            let vals = tape.forward_retaining(
                 vec![
                     (us.x, xt.into()),
                     (us.t_proj, sd.unet.time_proj(&tsteps, &device).into()),
                     (us.context, ctx.into()),
                 ],
-                true,
-                &[],
+                &[us.context],
+                &mut budget,
                 obs,
             );
             let out = vals.get(us.out).expect("kept").t4();

@@ -21,7 +21,7 @@ use burn::tensor::Device;
 use burn::tensor::Tensor;
 use dreamdist::backend::{block_on, read, tensor};
 use dreamdist::distribution::{PromptGaussian, ortho_loss_with};
-use dreamdist::model::tape::{Tape, Val};
+use dreamdist::model::tape::{GraphBudget, Tape, Val};
 use dreamdist::model::{MemPlan, ModelSpec, StableDiffusion, UNet, UNetConfig};
 use dreamdist::tokenizer::{ClipTokenizer, MAX_LEN};
 use dreamdist::train::{Chunking, Mode, StepDraws, TrainConfig, Trainer};
@@ -132,11 +132,19 @@ fn check_recipe(label: &str, cfg: TrainConfig, n_images: usize, chunks: &[usize]
     let draws = t.next_draws(sd.spec.clip.hidden_size);
     let (g_ref, loss_ref) = one_graph_gradient(&sd, &t, &draws, t.prompts());
     let g_ref = block_on(read(g_ref)).unwrap();
+    // Every piece recomputed (the GPU path), every graph kept (the CPU default here), and a
+    // budget that keeps some graphs and recomputes the rest.
     for &ub in chunks {
-        t.set_chunking(Chunking { unet: ub });
-        let (g, [loss, ..]) = block_on(t.gradient(&sd, &draws, &mut ())).unwrap();
-        assert!((loss - loss_ref).abs() <= 1e-5 * loss_ref.abs(), "{label}: loss {loss} vs {loss_ref}");
-        compare(&format!("{label}, UNet items per pass {ub}"), &block_on(read(g)).unwrap(), &g_ref);
+        for graph_bytes in [Some(0), None, Some(256 << 10)] {
+            t.set_chunking(Chunking { unet: ub, graph_bytes });
+            let (g, [loss, ..]) = block_on(t.gradient(&sd, &draws, &mut ())).unwrap();
+            assert!((loss - loss_ref).abs() <= 1e-5 * loss_ref.abs(), "{label}: loss {loss} vs {loss_ref}");
+            compare(
+                &format!("{label}, UNet items per pass {ub}, graph budget {graph_bytes:?}"),
+                &block_on(read(g)).unwrap(),
+                &g_ref,
+            );
+        }
     }
     // The one-graph gradient against central finite differences on a few coordinates (f64-free:
     // a step large enough for f32, and a tolerance that still tells a factor of 2 apart).
@@ -219,6 +227,25 @@ fn blockwise_unet_equals_one_graph_across_levels_and_chunks() {
         );
         assert!(e < 1e-5, "{e}");
     }
+    // Pieces whose autodiff graph the forward kept (all, some, none) are not recomputed on the
+    // way back; the gradient is the same.
+    let (tape, us) = unet.tape(2, 12, 12, &MemPlan::cpu());
+    let mut booked = vec![];
+    for limit in [u64::MAX, 400 << 10, 0] {
+        let mut budget = GraphBudget::new(limit);
+        let inputs = vec![
+            (us.x, x.clone().into()),
+            (us.t_proj, unet.time_proj(&ts, &device).into()),
+            (us.context, ctx.clone().into()),
+        ];
+        let vals = tape.forward_retaining(inputs, &[us.context], &mut budget, &mut ());
+        let g = tape.backward(vals, vec![(us.out, Val::T4(r.clone()))], &[us.context], &mut ()).unwrap();
+        let e = rel(&block_on(read(g[0].clone().unwrap().t3())).unwrap(), &g_ref);
+        eprintln!("graph budget {limit}: {} bytes of graphs kept, vs one graph {e:.2e}", budget.used);
+        assert!(e < 1e-5, "{e}");
+        booked.push(budget.used);
+    }
+    assert!(booked[0] > booked[1] && booked[1] > 0 && booked[2] == 0, "budgets did not split the pieces: {booked:?}");
     let (small_tape, _) = unet.tape(2, 12, 12, &MemPlan::blocks(12 << 10));
     assert!(small_tape.pieces().iter().any(|p| p.name.contains(".core1")), "attention was not split");
     assert!(small_tape.pieces().iter().any(|p| p.name.contains(".ff1")), "the feed-forward was not split");

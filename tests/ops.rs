@@ -276,3 +276,91 @@ fn long_reduction_gradients_on_wgpu_equal_the_cpu() {
         assert_close(&format!("{name} gradient, wgpu vs cpu"), b, &want, 1e-4 * scale as f64, 0.0);
     }
 }
+
+/// The CPU backend's host GELU (one parallel pass, a rational `erf`) against the erf formula
+/// through burn's own ops: values, and the gradient it feeds autodiff.
+#[test]
+fn host_gelu_matches_the_erf_formula_and_its_gradient() {
+    use burn::tensor::Tensor;
+    use dreamdist::model::nn::{erf_f32, gelu_exact};
+    let device = open(BackendKind::Cpu);
+    let n = 160_001;
+    let xs: Vec<f32> = (0..n).map(|i| -8.0 + 16.0 * i as f32 / (n - 1) as f32).collect();
+    // erf: burn-flex's is libm's erff (correctly rounded to ~1 ulp).
+    let want = block_on(read(backend::tensor(xs.clone(), [n], &device).erf())).unwrap();
+    let worst = xs.iter().zip(&want).map(|(&x, &w)| (erf_f32(x) - w).abs()).fold(0f32, f32::max);
+    eprintln!("erf_f32: max |difference| to libm {worst:.2e}");
+    assert!(worst <= 5e-7, "{worst}");
+    let formula = |x: Tensor<1>| x.clone().mul((x / std::f32::consts::SQRT_2).erf() + 1.0) / 2.0;
+    let x = backend::tensor(xs.clone(), [n], &device);
+    let got = block_on(read(gelu_exact(x.clone()))).unwrap();
+    let want = block_on(read(formula(x))).unwrap();
+    // GELU = x·(1 + erf(x/√2))/2 inherits erf's ≤ 5e-7 as ≤ 2.5e-7·|x|, plus the
+    // formulas' rounding (2 ulp of a value ≈ x: 2.4e-7·|x|).
+    let worst = got.iter().zip(&want).zip(&xs).map(|((a, b), x)| (a - b).abs() / x.abs().max(1.0)).fold(0f32, f32::max);
+    eprintln!("host GELU: max difference {worst:.2e} per unit of |x|");
+    assert!(worst <= 5e-7, "{worst}");
+    let ad = device.clone().autodiff();
+    let r = backend::tensor((0..n).map(|i| ((i % 7) as f32 - 3.0) * 0.3).collect(), [n], &ad);
+    let grad = |f: &dyn Fn(Tensor<1>) -> Tensor<1>| {
+        let leaf = backend::tensor(xs.clone(), [n], &ad).require_grad();
+        let g = (f(leaf.clone()) * r.clone()).sum().backward();
+        block_on(read(leaf.grad(&g).unwrap())).unwrap()
+    };
+    let (got, want) = (grad(&gelu_exact), grad(&formula));
+    let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(0f32, f32::max);
+    eprintln!("host GELU gradient: max difference {worst:.2e}");
+    assert!(worst <= 1e-5, "{worst}");
+    // The check has teeth: a GELU off by 1% would fail it.
+    assert!(got.iter().zip(&want).any(|(a, b)| (1.01 * a - b).abs() / b.abs().max(1.0) > 1e-5));
+}
+
+/// The CPU backend's convolution as one product over patches (deep levels, 1×1) equals burn's
+/// convolution, forward and backward, with symmetric, asymmetric and no padding.
+#[test]
+fn patch_convolution_equals_burns_convolution() {
+    use burn::tensor::Tensor;
+    use burn::tensor::module::conv2d;
+    use burn::tensor::ops::ConvOptions;
+    use dreamdist::model::nn::Conv2d;
+    use dreamdist::weights::{RandomSource, Vb};
+    let device = open(BackendKind::Cpu).autodiff();
+    let mut rng = dreamdist::rng::Rng::new(4);
+    for (c, o, k, hw, pad) in [
+        (8usize, 64usize, 3usize, 5usize, [(1usize, 1usize), (1, 1)]),
+        (8, 64, 3, 6, [(0, 1), (1, 0)]),
+        (16, 24, 1, 4, [(0, 0), (0, 0)]),
+    ] {
+        let conv = Conv2d::new(&Vb::new(RandomSource::new(7), &device), c, o, k, 1, pad[0].0);
+        let x = backend::tensor(rng.normal_vec(2 * c * hw * hw), [2, c, hw, hw], &device);
+        let opts = ConvOptions::new_with_padding([1, 1], pad, [1, 1], 1);
+        let reference =
+            |x: Tensor<4>| conv2d(x, conv.weight4(burn::tensor::FloatDType::F32), Some(conv.bias.val()), opts.clone());
+        let run = |f: &dyn Fn(Tensor<4>) -> Tensor<4>| {
+            let leaf = x.clone().require_grad();
+            let y = f(leaf.clone());
+            let r = backend::tensor(rng_vals(y.dims().iter().product()), y.dims(), &device);
+            let g = (y.clone() * r).sum().backward();
+            (block_on(read(y)).unwrap(), block_on(read(leaf.grad(&g).unwrap())).unwrap())
+        };
+        let (y1, g1) = run(&|x| conv.forward_patches(x, pad));
+        let (y2, g2) = run(&reference);
+        let d = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+        eprintln!(
+            "conv c{c} o{o} k{k} {hw}² pad {pad:?}: output {:.2e}, input gradient {:.2e}",
+            d(&y1, &y2),
+            d(&g1, &g2)
+        );
+        assert_eq!(y1.len(), y2.len());
+        assert!(d(&y1, &y2) <= 1e-4 && d(&g1, &g2) <= 1e-4);
+        // The product path is what `forward` picks here (more channels than output pixels).
+        if k == 3 {
+            let (y3, _) = run(&|x| conv.forward_padded(x, pad));
+            assert_eq!(y3, y1);
+        }
+    }
+}
+
+fn rng_vals(n: usize) -> Vec<f32> {
+    (0..n).map(|i| ((i * 7919 % 13) as f32 - 6.0) * 0.1).collect()
+}

@@ -262,7 +262,7 @@ fn chunked_step_equals_unchunked_step() {
     };
     let (v_ref, s_ref) = run(Chunking::unchunked());
     let v0 = block_on(read(block_on(Trainer::new(c.clone(), &sd, &tok, &imgs)).unwrap().prompts())).unwrap();
-    for chunking in [Chunking::default(), Chunking { unet: 2 }] {
+    for chunking in [Chunking::default(), Chunking::unet(2)] {
         let (v, s) = run(chunking);
         let moved = v_ref.iter().zip(&v0).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         let diff = v_ref.iter().zip(&v).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);

@@ -279,7 +279,7 @@ pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
             cfg.resolution = size;
             let images: Vec<Tensor<4>> = vec![img; cfg.images_per_step.max(1)];
             let mut trainer = block_on(Trainer::new(cfg, &sd, &tokenizer, &images))?;
-            trainer.set_chunking(Chunking { unet: a.unet_batch });
+            trainer.set_chunking(Chunking::unet(a.unet_batch));
             let what = format!(
                 "train step K={} M={} S={} {:?} recipe (UNet items per pass {})",
                 a.k, a.m, a.samples, a.recipe, a.unet_batch

@@ -200,7 +200,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let tokenizer = ClipTokenizer::sd2()?;
     let mut trainer = block_on(Trainer::new(cfg, &sd, &tokenizer, &images))?;
     if let Some(n) = a.unet_batch {
-        trainer.set_chunking(Chunking { unet: n.max(1) });
+        trainer.set_chunking(Chunking::unet(n.max(1)));
     }
     let name = a.out.file_stem().and_then(|s| s.to_str()).unwrap_or("distribution").to_string();
     let ckpt = PathBuf::from(format!("{}.ckpt", a.out.display()));

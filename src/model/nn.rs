@@ -189,9 +189,49 @@ impl Conv2d {
 
     /// Applies the convolution with explicit (top/bottom, left/right) padding.
     pub fn forward_padded(&self, x: Tensor<4>, pad: [(usize, usize); 2]) -> Tensor<4> {
+        let [n, _, h, w] = x.dims();
+        let out = self.weight.val().dims()[0];
+        let (ho, wo) = (h + pad[0].0 + pad[0].1 + 1 - self.k, w + pad[1].0 + pad[1].1 + 1 - self.k);
+        // On the CPU backend a stride-1 convolution whose output has fewer pixels than channels
+        // (the UNet's deep levels; every 1×1) is faster as one matrix product over explicit
+        // patches: burn-flex's convolution re-lays out the whole weight on one thread per call
+        // (1280·1280·9 values at the deepest levels, ~5× the product itself), forward and
+        // backward. Elsewhere (and on GPUs) burn's own kernels are used.
+        if self.stride == 1 && (self.k == 1 || n * ho * wo <= out) && crate::backend::is_host(&x.device()) {
+            return self.forward_patches(x, pad);
+        }
         let opts = ConvOptions::new_with_padding([self.stride; 2], pad, [1, 1], 1);
         let dt = float_dtype(x.dtype());
         conv2d(x.clone(), self.weight4(dt), Some(like(self.bias.val(), &x)), opts)
+    }
+
+    /// Stride-1 convolution as `W [O, C·k·k] @ patches [N, C·k·k, H'·W']` (im2col from `k·k`
+    /// shifted views; the weight's device layout is already the matrix). Same result as
+    /// [`conv2d`] up to summation order; its backward is a matrix product and slice copies.
+    pub fn forward_patches(&self, x: Tensor<4>, pad: [(usize, usize); 2]) -> Tensor<4> {
+        let w = self.weight.val();
+        let w = if is_quantized(&w) { w.dequantize() } else { w };
+        let w = like(w, &x);
+        let out = w.dims()[0];
+        let (k, c) = (self.k, self.c_in);
+        let [n, _, h, wd] = x.dims();
+        let bias = like(self.bias.val(), &x);
+        let (ho, wo) = (h + pad[0].0 + pad[0].1 + 1 - k, wd + pad[1].0 + pad[1].1 + 1 - k);
+        let cols = if k == 1 && pad == [(0, 0); 2] {
+            x.reshape([n, c, h * wd])
+        } else {
+            let xp = x.pad(pad, burn::tensor::ops::PadMode::Constant(0.0));
+            let shifted: Vec<Tensor<5>> = (0..k * k)
+                .map(|i| {
+                    let (dy, dx) = (i / k, i % k);
+                    xp.clone().slice([0..n, 0..c, dy..dy + ho, dx..dx + wo]).unsqueeze_dim(2)
+                })
+                .collect();
+            // [N, C, k·k, H', W'] → rows in the weight's (channel, ky, kx) order.
+            Tensor::cat(shifted, 2).reshape([n, c * k * k, ho * wo])
+        };
+        let y = w.unsqueeze::<3>().matmul(cols) + bias.reshape([1, out, 1]);
+        y.reshape([n, out, ho, wo])
     }
 }
 
@@ -359,8 +399,78 @@ pub fn attention_chunked(
 /// same ops, but burn 0.22's generic `gelu_backward` (used by the wgpu backend; the CPU backend
 /// overrides it) is the derivative of the *tanh approximation*, 6e-4 relative off the exact
 /// gradient (tests/parity.rs caught it on lavapipe). Autodiff of `erf` is exact on every backend.
+///
+/// On the CPU backend (f32) the values come from one parallel pass on the host instead
+/// ([`gelu_host`]): burn-flex's `erf` is a scalar libm call on one thread, ~23 ns per element
+/// (0.23 s per text-encoder layer at K = 32), more than the layer's matrix products.
 pub fn gelu_exact<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    #[cfg(not(target_arch = "wasm32"))]
+    if x.dtype() == DType::F32 && crate::backend::is_host(&x.device()) {
+        return gelu_host(x);
+    }
     x.clone().mul((x / std::f32::consts::SQRT_2).erf() + 1.0) / 2.0
+}
+
+/// `erf` in f32 as a rational function (the odd/even minimax fit used by Eigen and XLA): within
+/// 5e-7 of libm's `erff` (4.2e-7 measured, tests/ops.rs), vectorisable (plain multiply-adds: `mul_add` is a libm call without the `fma` target feature); exactly ±1 from |x| = 3.92 on (where erf rounds to ±1 in
+/// f32), so GELU's far negative tail is exactly 0.
+pub fn erf_f32(x: f32) -> f32 {
+    if x.abs() >= 3.92 {
+        return x.signum();
+    }
+    let x2 = x * x;
+    let mut p = x2 * -2.726_142_3e-10 + 2.770_681_4e-8;
+    p = x2 * p + -2.101_024e-6;
+    p = x2 * p + -5.692_506_4e-5;
+    p = x2 * p + -7.349_906e-4;
+    p = x2 * p + -2.954_6e-3;
+    p = x2 * p + -1.609_603_3e-2;
+    let mut q = x2 * -1.456_607_2e-5 + -2.133_740_6e-4;
+    q = x2 * q + -1.682_827e-3;
+    q = x2 * q + -7.373_329e-3;
+    q = x2 * q + -1.426_474e-2;
+    x * p / q
+}
+
+/// GELU on the host CPU backend: `x·Φ(x)` in one parallel pass over the values. Under
+/// autodiff the result is `y + (x − detach(x))·g` with `g = Φ(x) + x·φ(x)` computed in the same
+/// pass: the same value, and exactly GELU's derivative for the backward.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn gelu_host<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    use burn::tensor::TensorData;
+    use rayon::prelude::*;
+    let device = x.device();
+    let shape = x.shape();
+    let tracked = device.is_autodiff();
+    let vals: Vec<f32> = x.clone().into_data().try_into_vec::<f32>().expect("f32 values");
+    let mut y = vec![0f32; vals.len()];
+    let mut g = if tracked { vec![0f32; vals.len()] } else { vec![] };
+    const CHUNK: usize = 1 << 14;
+    let inv_sqrt2 = std::f32::consts::FRAC_1_SQRT_2;
+    let inv_sqrt_2pi = 0.398_942_3_f32;
+    if tracked {
+        (vals.par_chunks(CHUNK), y.par_chunks_mut(CHUNK), g.par_chunks_mut(CHUNK)).into_par_iter().for_each(
+            |(v, y, g)| {
+                for ((&x, y), g) in v.iter().zip(y).zip(g) {
+                    let cdf = 0.5 * (1.0 + erf_f32(x * inv_sqrt2));
+                    *y = x * cdf;
+                    *g = cdf + x * inv_sqrt_2pi * (-0.5 * x * x).exp();
+                }
+            },
+        );
+    } else {
+        vals.par_chunks(CHUNK).zip(y.par_chunks_mut(CHUNK)).for_each(|(v, y)| {
+            for (&x, y) in v.iter().zip(y) {
+                *y = x * 0.5 * (1.0 + erf_f32(x * inv_sqrt2));
+            }
+        });
+    }
+    let y = Tensor::<D>::from_data(TensorData::new(y, shape.clone()), &device);
+    if !tracked {
+        return y;
+    }
+    let g = Tensor::<D>::from_data(TensorData::new(g, shape), &device);
+    y + (x.clone() - x.detach()) * g
 }
 
 /// Nearest-neighbour 2× upsampling of `[N, C, H, W]`.

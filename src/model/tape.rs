@@ -129,6 +129,53 @@ impl Val {
     }
 }
 
+/// How much autodiff graph forwards may keep for their backward instead of recomputing it.
+///
+/// A piece's graph is estimated at [`GraphBudget::SAVED_PER_INPUT`] times its inputs' size (a
+/// transformer layer saves ~18 activations of its input's size for its backward: the norms,
+/// Q/K/V, the attention weights, the feed-forward's 4×-wide hidden layer before and after its
+/// activation; a resnet block fewer). Only the host CPU backend keeps graphs (see
+/// `train::Chunking::graph_bytes`); GPU memory is the hard limit there, so GPUs recompute.
+#[derive(Clone, Debug, Default)]
+pub struct GraphBudget {
+    /// Bytes the kept graphs may take.
+    pub limit: u64,
+    /// Bytes admitted so far (estimates).
+    pub used: u64,
+}
+
+impl GraphBudget {
+    /// Estimated graph bytes per input byte of a piece.
+    pub const SAVED_PER_INPUT: u64 = 20;
+
+    /// Keeps nothing: every piece is recomputed (block-wise backprop).
+    pub fn none() -> Self {
+        Self::default()
+    }
+    /// The default for `device`: half of the host memory available now on the host CPU
+    /// backend, nothing on a GPU.
+    pub fn for_device(device: &burn::tensor::Device) -> Self {
+        if crate::backend::is_host(device) {
+            Self::new(crate::backend::host_available_bytes().unwrap_or(0) / 2)
+        } else {
+            Self::none()
+        }
+    }
+    /// At most `limit` bytes.
+    pub fn new(limit: u64) -> Self {
+        Self { limit, used: 0 }
+    }
+    /// Whether a piece whose inputs take `input_bytes` may keep its graph (and books it).
+    pub fn admit(&mut self, input_bytes: u64) -> bool {
+        let est = input_bytes.saturating_mul(Self::SAVED_PER_INPUT);
+        let ok = self.used.saturating_add(est) <= self.limit;
+        if ok {
+            self.used += est;
+        }
+        ok
+    }
+}
+
 /// A slot index.
 pub type Slot = usize;
 
@@ -157,6 +204,15 @@ pub struct Tape<'a> {
 /// Slot values of one run.
 pub struct Values {
     vals: Vec<Option<Val>>,
+    /// Per piece, the autodiff graph kept by [`Tape::forward_retaining`] (its leaf inputs and
+    /// tracked outputs), which [`Tape::backward`] uses instead of recomputing the piece.
+    graphs: Vec<Option<Graph>>,
+}
+
+/// A piece's forward under autodiff: its inputs (leaves where a gradient is wanted) and outputs.
+struct Graph {
+    args: Vec<Val>,
+    outs: Vec<Val>,
 }
 
 impl Values {
@@ -260,7 +316,68 @@ impl<'a> Tape<'a> {
             }
             obs.after_piece(&p.name, false);
         }
-        Values { vals }
+        Values { vals, graphs: vec![] }
+    }
+
+    /// Which slots a gradient with respect to `wrt` passes through (`wrt` and everything
+    /// computed from them).
+    fn needs(&self, wrt: &[Slot]) -> Vec<bool> {
+        let mut needs = vec![false; self.slots];
+        for &s in wrt {
+            needs[s] = true;
+        }
+        for p in &self.pieces {
+            if p.inputs.iter().any(|&s| needs[s]) {
+                for &s in &p.outputs {
+                    needs[s] = true;
+                }
+            }
+        }
+        needs
+    }
+
+    /// [`forward`](Self::forward) with `keep_all`, for a [`backward`](Self::backward) with
+    /// respect to `wrt` that recomputes less: each piece that a gradient passes through runs
+    /// under autodiff and keeps its graph while `budget` admits it; kept pieces are not
+    /// recomputed on the way back (one forward less for them, the same gradient). With
+    /// [`GraphBudget::none`] this is exactly the block-wise forward.
+    pub fn forward_retaining(
+        &self,
+        inputs: Vec<(Slot, Val)>,
+        wrt: &[Slot],
+        budget: &mut GraphBudget,
+        obs: &mut dyn Observer,
+    ) -> Values {
+        let needs = self.needs(wrt);
+        let mut vals: Vec<Option<Val>> = vec![None; self.slots];
+        let mut graphs: Vec<Option<Graph>> = Vec::with_capacity(self.pieces.len());
+        for (s, v) in inputs {
+            vals[s] = Some(v);
+        }
+        for p in &self.pieces {
+            let plain: Vec<Val> = p
+                .inputs
+                .iter()
+                .map(|&s| vals[s].clone().unwrap_or_else(|| panic!("piece {} reads slot {s} before it is set", p.name)))
+                .collect();
+            let tracked = p.inputs.iter().any(|&s| needs[s])
+                && budget.admit(plain.iter().map(Val::f32_bytes).sum::<usize>() as u64);
+            let (outs, graph) = if tracked {
+                let args: Vec<Val> =
+                    p.inputs.iter().zip(&plain).map(|(&s, v)| if needs[s] { v.leaf() } else { v.plain() }).collect();
+                let outs = (p.f)(&args);
+                (outs.iter().map(Val::plain).collect::<Vec<_>>(), Some(Graph { args, outs }))
+            } else {
+                ((p.f)(&plain), None)
+            };
+            assert_eq!(outs.len(), p.outputs.len(), "piece {} returned the wrong number of outputs", p.name);
+            for (&s, v) in p.outputs.iter().zip(outs) {
+                vals[s] = Some(v);
+            }
+            graphs.push(graph);
+            obs.after_piece(&p.name, false);
+        }
+        Values { vals, graphs }
     }
 
     /// Exact backward walk. `saved` must come from [`forward`](Self::forward) with
@@ -275,22 +392,13 @@ impl<'a> Tape<'a> {
         obs: &mut dyn Observer,
     ) -> Result<Vec<Option<Val>>> {
         // Which slots need a gradient: those in `wrt` and everything computed from them.
-        let mut needs = vec![false; self.slots];
-        for &s in wrt {
-            needs[s] = true;
-        }
-        for p in &self.pieces {
-            if p.inputs.iter().any(|&s| needs[s]) {
-                for &s in &p.outputs {
-                    needs[s] = true;
-                }
-            }
-        }
+        let needs = self.needs(wrt);
         let mut grads: Vec<Option<Val>> = vec![None; self.slots];
         for (s, g) in out_grads {
             grads[s] = Some(g.plain());
         }
-        for p in self.pieces.iter().rev() {
+        for (i, p) in self.pieces.iter().enumerate().rev() {
+            let graph = saved.graphs.get_mut(i).and_then(Option::take);
             let out_g: Vec<(usize, Val)> =
                 p.outputs.iter().enumerate().filter_map(|(i, &s)| grads[s].take().map(|g| (i, g))).collect();
             let wants: Vec<bool> = p.inputs.iter().map(|&s| needs[s]).collect();
@@ -298,18 +406,25 @@ impl<'a> Tape<'a> {
                 obs.after_piece(&p.name, true);
                 continue;
             }
-            let args: Vec<Val> = p
-                .inputs
-                .iter()
-                .zip(&wants)
-                .map(|(&s, &w)| {
-                    let v = saved
-                        .get(s)
-                        .ok_or_else(|| Error::Device(format!("piece {}: slot {s} was not kept", p.name)))?;
-                    Ok(if w { v.leaf() } else { v.plain() })
-                })
-                .collect::<Result<_>>()?;
-            let outs = (p.f)(&args);
+            let (args, outs) = match graph {
+                // Kept by `forward_retaining`: no recompute.
+                Some(Graph { args, outs }) => (args, outs),
+                None => {
+                    let args: Vec<Val> = p
+                        .inputs
+                        .iter()
+                        .zip(&wants)
+                        .map(|(&s, &w)| {
+                            let v = saved
+                                .get(s)
+                                .ok_or_else(|| Error::Device(format!("piece {}: slot {s} was not kept", p.name)))?;
+                            Ok(if w { v.leaf() } else { v.plain() })
+                        })
+                        .collect::<Result<_>>()?;
+                    let outs = (p.f)(&args);
+                    (args, outs)
+                }
+            };
             let surrogate =
                 out_g.iter().map(|(i, g)| outs[*i].dot(g)).reduce(|a, b| a + b).expect("at least one output gradient");
             drop(outs);

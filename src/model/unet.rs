@@ -457,7 +457,9 @@ impl UNet {
     }
 
     /// Block-wise vector–Jacobian product: the prediction for `x` at `timesteps` under
-    /// `context`, and ∂⟨prediction, `g_out`⟩/∂context, with one piece's graph alive at a time.
+    /// `context`, and ∂⟨prediction, `g_out`⟩/∂context, with one piece's graph alive at a time
+    /// (on the host CPU backend, graphs are kept instead of recomputed while half the available
+    /// memory allows: see [`GraphBudget`](super::tape::GraphBudget)).
     pub fn context_vjp(
         &self,
         x: Tensor<4>,
@@ -470,10 +472,10 @@ impl UNet {
         let [n, _, h, w] = x.dims();
         let device = x.device();
         let (tape, s) = self.tape(n, h, w, plan);
-        let vals = tape.forward(
+        let vals = tape.forward_retaining(
             vec![(s.x, x.into()), (s.t_proj, self.time_proj(timesteps, &device).into()), (s.context, context.into())],
-            true,
-            &[],
+            &[s.context],
+            &mut super::tape::GraphBudget::for_device(&device),
             obs,
         );
         let out = vals.get(s.out).expect("kept").t4();
