@@ -45,6 +45,11 @@ pub struct BenchArgs {
     /// Training step: UNet items per pass.
     #[arg(long, default_value_t = 1)]
     unet_batch: usize,
+    /// Training step on the CPU backend: GiB of autodiff graphs the forwards may keep instead
+    /// of recomputing them in the backward (default: half the available memory; 0 recomputes
+    /// everything, as on a GPU).
+    #[arg(long)]
+    graph_gib: Option<f64>,
     /// Synchronise the device after every piece, so the split by part is exact on a GPU (adds
     /// a little time).
     #[arg(long)]
@@ -279,7 +284,10 @@ pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
             cfg.resolution = size;
             let images: Vec<Tensor<4>> = vec![img; cfg.images_per_step.max(1)];
             let mut trainer = block_on(Trainer::new(cfg, &sd, &tokenizer, &images))?;
-            trainer.set_chunking(Chunking::unet(a.unet_batch));
+            trainer.set_chunking(Chunking {
+                unet: a.unet_batch,
+                graph_bytes: a.graph_gib.map(|g| (g * (1u64 << 30) as f64) as u64),
+            });
             let what = format!(
                 "train step K={} M={} S={} {:?} recipe (UNet items per pass {})",
                 a.k, a.m, a.samples, a.recipe, a.unet_batch
