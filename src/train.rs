@@ -646,7 +646,11 @@ impl Trainer {
         let g_c = c_leaf.grad(&grads).ok_or_else(|| bad_grad("the encodings"))?;
         // 5. Back through the text encoder, layer by layer, to the token embeddings; V's rows.
         let back = in_lanes(
-            text_parts.into_iter().zip(&halves).map(|((vals, _), &(start, n))| (vals, g_c.clone().narrow(0, start, n))).collect(),
+            text_parts
+                .into_iter()
+                .zip(&halves)
+                .map(|((vals, _), &(start, n))| (vals, g_c.clone().narrow(0, start, n)))
+                .collect(),
             obs,
             |(vals, g), obs| {
                 let (tape, ts) = sd.text.tape(MAX_LEN);
