@@ -299,7 +299,7 @@ pub struct Chunking {
     /// Bytes of autodiff graph the step's forwards may keep so that the backward need not
     /// recompute those pieces (see [`GraphBudget`]). Only the host CPU backend keeps any; on
     /// a GPU every piece is recomputed (memory is the hard limit there). `None`: half of the
-    /// host memory available when the step starts.
+    /// host memory available when the chunking is set (see [`Chunking::graph_limit`]).
     #[serde(default)]
     pub graph_bytes: Option<u64>,
 }
@@ -330,10 +330,11 @@ impl Chunking {
 
     /// The bytes of graph a step on `device` may keep: 0 off the host CPU backend.
     pub fn graph_limit(&self, device: &burn::tensor::Device) -> u64 {
-        if !crate::backend::is_host(device) {
-            return 0;
+        match self.graph_bytes {
+            Some(b) if crate::backend::is_host(device) => b,
+            Some(_) => 0,
+            None => GraphBudget::for_device(device).limit,
         }
-        self.graph_bytes.unwrap_or_else(|| GraphBudget::for_device(device).limit)
     }
 }
 
@@ -469,6 +470,7 @@ impl Trainer {
             Optimizer::AdamW { weight_decay } => weight_decay,
         };
         let adam = Adam::new(cfg.lr, wd, &v);
+        let chunking = Chunking::for_model(&sd.spec);
         Ok(Self {
             cfg,
             layout,
@@ -480,8 +482,8 @@ impl Trainer {
             order: vec![],
             step: 0,
             losses: vec![],
-            chunking: Chunking::for_model(&sd.spec),
-            graph_limit: Chunking::for_model(&sd.spec).graph_limit(&sd.device()),
+            graph_limit: chunking.graph_limit(&sd.device()),
+            chunking,
         })
     }
 
@@ -604,13 +606,13 @@ impl Trainer {
             |(e, mut budget), obs| {
                 let (tape, ts) = sd.text.tape(MAX_LEN);
                 let vals = tape.forward_retaining(vec![(ts.embeds, e.into())], &[ts.embeds], &mut budget, obs);
-                (vals, budget.used)
+                let c = vals.get(ts.out).expect("kept").t3();
+                (vals, c, budget.used)
             },
         );
         // The text graphs live until the end of the step; each UNet pass's only until its backward.
-        let text_budget: u64 = text_parts.iter().map(|(_, used)| used).sum();
-        let ts = sd.text.tape(MAX_LEN).1;
-        let c = Tensor::cat(text_parts.iter().map(|(v, _)| v.get(ts.out).expect("kept").t3()).collect(), 0);
+        let text_budget: u64 = text_parts.iter().map(|(_, _, used)| used).sum();
+        let c = Tensor::cat(text_parts.iter().map(|(_, c, _)| c.clone()).collect(), 0);
         // 2. Gaussian, samples and the orthogonality loss, under autodiff from the encodings.
         let c_leaf = c.autodiff().require_grad();
         let cond = match self.cfg.mode {
@@ -649,7 +651,7 @@ impl Trainer {
             text_parts
                 .into_iter()
                 .zip(&halves)
-                .map(|((vals, _), &(start, n))| (vals, g_c.clone().narrow(0, start, n)))
+                .map(|((vals, _, _), &(start, n))| (vals, g_c.clone().narrow(0, start, n)))
                 .collect(),
             obs,
             |(vals, g), obs| {
@@ -714,7 +716,7 @@ impl Trainer {
         let scale = 1.0 / ((ch * h * w) as f32 * items as f32);
         let wt = tensor(weights, [n, 1, 1, 1], &device);
         let diff = out - target;
-        // L = Σᵢ wᵢ·mean(diffᵢ²) / items  ⇒  ∂L/∂out = 2·wᵢ·diffᵢ / (per·items).
+        // L = Σᵢ wᵢ·mean(diffᵢ²) / items  ⇒  ∂L/∂out = 2·wᵢ·diffᵢ / (C·H·W·items).
         let sq = sum_all(diff.clone().powi_scalar(2) * wt.clone()) * scale;
         let g_out = diff * wt * (2.0 * scale);
         let grads = tape.backward(vals, vec![(us.out, g_out.into())], &[us.context], obs)?;

@@ -191,7 +191,7 @@ impl Conv2d {
     pub fn forward_padded(&self, x: Tensor<4>, pad: [(usize, usize); 2]) -> Tensor<4> {
         let [n, _, h, w] = x.dims();
         let out = self.weight.val().dims()[0];
-        let (ho, wo) = (h + pad[0].0 + pad[0].1 + 1 - self.k, w + pad[1].0 + pad[1].1 + 1 - self.k);
+        let (ho, wo) = self.out_size_stride1(h, w, pad);
         // On the CPU backend a stride-1 convolution whose output has fewer pixels than channels
         // (the UNet's deep levels; every 1×1) is faster as one matrix product over explicit
         // patches: burn-flex's convolution re-lays out the whole weight on one thread per call
@@ -205,6 +205,11 @@ impl Conv2d {
         conv2d(x.clone(), self.weight4(dt), Some(like(self.bias.val(), &x)), opts)
     }
 
+    /// Output height and width of a stride-1 pass over `h`×`w` with padding `pad`.
+    fn out_size_stride1(&self, h: usize, w: usize, pad: [(usize, usize); 2]) -> (usize, usize) {
+        (h + pad[0].0 + pad[0].1 + 1 - self.k, w + pad[1].0 + pad[1].1 + 1 - self.k)
+    }
+
     /// Stride-1 convolution as `W [O, C·k·k] @ patches [N, C·k·k, H'·W']` (im2col from `k·k`
     /// shifted views; the weight's device layout is already the matrix). Same result as
     /// [`conv2d`] up to summation order; its backward is a matrix product and slice copies.
@@ -216,7 +221,7 @@ impl Conv2d {
         let (k, c) = (self.k, self.c_in);
         let [n, _, h, wd] = x.dims();
         let bias = like(self.bias.val(), &x);
-        let (ho, wo) = (h + pad[0].0 + pad[0].1 + 1 - k, wd + pad[1].0 + pad[1].1 + 1 - k);
+        let (ho, wo) = self.out_size_stride1(h, wd, pad);
         let cols = if k == 1 && pad == [(0, 0); 2] {
             x.reshape([n, c, h * wd])
         } else {
@@ -412,8 +417,9 @@ pub fn gelu_exact<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 }
 
 /// `erf` in f32 as a rational function (the odd/even minimax fit used by Eigen and XLA): within
-/// 5e-7 of libm's `erff` (4.2e-7 measured, tests/ops.rs), vectorisable (plain multiply-adds: `mul_add` is a libm call without the `fma` target feature); exactly ±1 from |x| = 3.92 on (where erf rounds to ±1 in
-/// f32), so GELU's far negative tail is exactly 0.
+/// 5e-7 of libm's `erff` (4.2e-7 measured, tests/ops.rs), and vectorisable (plain multiply-adds:
+/// `mul_add` is a libm call without the `fma` target feature). Exactly ±1 from |x| = 3.92 on
+/// (where erf rounds to ±1 in f32), so GELU's far negative tail is exactly 0.
 pub fn erf_f32(x: f32) -> f32 {
     if x.abs() >= 3.92 {
         return x.signum();
