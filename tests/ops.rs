@@ -315,6 +315,36 @@ fn host_gelu_matches_the_erf_formula_and_its_gradient() {
     assert!(got.iter().zip(&want).any(|(a, b)| (1.01 * a - b).abs() / b.abs().max(1.0) > 1e-5));
 }
 
+/// The CPU backend's host SiLU (one parallel pass, a polynomial `exp`) against burn's `silu`:
+/// values over both tails, and the gradient it feeds autodiff.
+#[test]
+fn host_silu_matches_burns_silu_and_its_gradient() {
+    use burn::tensor::Tensor;
+    use dreamdist::model::nn::silu;
+    let device = open(BackendKind::Cpu);
+    let n = 200_001;
+    let xs: Vec<f32> = (0..n).map(|i| -100.0 + 200.0 * i as f32 / (n - 1) as f32).collect();
+    let reference = |x: Tensor<1>| burn::tensor::activation::silu(x);
+    let x = backend::tensor(xs.clone(), [n], &device);
+    let got = block_on(read(silu(x.clone()))).unwrap();
+    let want = block_on(read(reference(x))).unwrap();
+    let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs() / b.abs().max(1e-3)).fold(0f32, f32::max);
+    eprintln!("host SiLU: max relative difference {worst:.2e}");
+    assert!(worst <= 1e-6, "{worst}");
+    let ad = device.clone().autodiff();
+    let r = backend::tensor((0..n).map(|i| ((i % 7) as f32 - 3.0) * 0.3).collect(), [n], &ad);
+    let grad = |f: &dyn Fn(Tensor<1>) -> Tensor<1>| {
+        let leaf = backend::tensor(xs.clone(), [n], &ad).require_grad();
+        let g = (f(leaf.clone()) * r.clone()).sum().backward();
+        block_on(read(leaf.grad(&g).unwrap())).unwrap()
+    };
+    let (got, want) = (grad(&silu), grad(&reference));
+    let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(0f32, f32::max);
+    eprintln!("host SiLU gradient: max difference {worst:.2e}");
+    assert!(worst <= 1e-5, "{worst}");
+    assert!(got.iter().zip(&want).any(|(a, b)| (1.01 * a - b).abs() / b.abs().max(1.0) > 1e-5));
+}
+
 /// The CPU backend's convolution as one product over patches (deep levels, 1×1) equals burn's
 /// convolution, forward and backward, with symmetric, asymmetric and no padding.
 #[test]
@@ -359,5 +389,95 @@ fn patch_convolution_equals_burns_convolution() {
             let (y3, _) = run(&|x| conv.forward_padded(x, pad));
             assert_eq!(y3, y1);
         }
+    }
+}
+
+/// The fused host attention (forward, and its hand-written backward) against burn's operations
+/// under autodiff: several query blocks and work splits (long key axis), causal masking with
+/// and without a query offset, cross-attention shapes.
+#[test]
+fn fused_host_attention_equals_burns_attention() {
+    use dreamdist::model::host_attention::{self, AttnShape};
+    use dreamdist::model::nn::{attention_block, attention_block_vjp};
+    let plain = open(BackendKind::Cpu);
+    let tracked = plain.clone().autodiff();
+    let mut rng = dreamdist::rng::Rng::new(11);
+    for (b, lq, lk, heads, d, causal, q_offset) in [
+        (1usize, 100usize, 8200usize, 2usize, 4usize, false, 0usize),
+        (2, 64, 77, 3, 8, false, 0),
+        (2, 77, 77, 4, 16, true, 0),
+        (1, 20, 77, 2, 8, true, 50),
+    ] {
+        let dim = heads * d;
+        let mk = |n: usize, rng: &mut dreamdist::rng::Rng| rng.normal_vec(n).into_iter().map(|x| 2.0 * x).collect();
+        let (qv, kv, vv): (Vec<f32>, Vec<f32>, Vec<f32>) =
+            (mk(b * lq * dim, &mut rng), mk(b * lk * dim, &mut rng), mk(b * lk * dim, &mut rng));
+        let gv = rng.normal_vec(b * lq * dim);
+        let t = |v: &Vec<f32>, l: usize, dev| backend::tensor(v.clone(), [b, l, dim], dev);
+        // Reference: burn's operations, one autodiff graph.
+        let (q, k, v) = (
+            t(&qv, lq, &tracked).require_grad(),
+            t(&kv, lk, &tracked).require_grad(),
+            t(&vv, lk, &tracked).require_grad(),
+        );
+        let y = attention_block(q.clone(), k.clone(), v.clone(), heads, causal, q_offset);
+        let grads = (y.clone() * t(&gv, lq, &tracked)).sum().backward();
+        let want_y = block_on(read(y)).unwrap();
+        let want: Vec<Vec<f32>> =
+            [&q, &k, &v].iter().map(|x| block_on(read(x.grad(&grads).unwrap())).unwrap()).collect();
+        // The fused kernel: what `attention_block` runs without autodiff on the host.
+        let s = AttnShape { b, lq, lk, heads, d, causal, q_offset };
+        let got_y = host_attention::forward(&s, &qv, &kv, &vv);
+        let via_block = block_on(read(attention_block(
+            t(&qv, lq, &plain),
+            t(&kv, lk, &plain),
+            t(&vv, lk, &plain),
+            heads,
+            causal,
+            q_offset,
+        )))
+        .unwrap();
+        assert_eq!(via_block, got_y, "attention_block picks the fused kernel on the host");
+        let got = attention_block_vjp(
+            &t(&qv, lq, &plain),
+            &t(&kv, lk, &plain),
+            &t(&vv, lk, &plain),
+            &t(&gv, lq, &plain),
+            [true; 3],
+            heads,
+            causal,
+            q_offset,
+        )
+        .expect("the host has a fused backward");
+        let rel = |a: &[f32], b: &[f32]| {
+            let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+            assert!(scale > 1e-3, "a reference that is all but zero checks nothing");
+            a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max) / scale
+        };
+        let ey = rel(&got_y, &want_y);
+        let eg: Vec<f32> =
+            got.iter().zip(&want).map(|(g, w)| rel(&block_on(read(g.clone().unwrap())).unwrap(), w)).collect();
+        eprintln!(
+            "attention b{b} lq{lq} lk{lk} h{heads} d{d} causal {causal} offset {q_offset}: output {ey:.1e}, dq/dk/dv {eg:?}"
+        );
+        assert!(ey <= 1e-5, "output error {ey}");
+        assert!(eg.iter().all(|&e| e <= 1e-4), "gradient errors {eg:?}");
+        // Only what is asked for is computed.
+        let only_v = attention_block_vjp(
+            &t(&qv, lq, &plain),
+            &t(&kv, lk, &plain),
+            &t(&vv, lk, &plain),
+            &t(&gv, lq, &plain),
+            [false, false, true],
+            heads,
+            causal,
+            q_offset,
+        )
+        .unwrap();
+        assert!(only_v[0].is_none() && only_v[1].is_none());
+        assert_eq!(
+            block_on(read(only_v[2].clone().unwrap())).unwrap(),
+            block_on(read(got[2].clone().unwrap())).unwrap()
+        );
     }
 }

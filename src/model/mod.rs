@@ -1,6 +1,8 @@
 //! The frozen Stable Diffusion 2.1 networks as burn modules, in diffusers/transformers layout.
 //! Each has a config with `sd21()`, `sd21_base()`, `tiny()` and `demo()` constructors.
 pub mod clip;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod host_attention;
 pub mod nn;
 pub mod reduce;
 pub mod tape;

@@ -334,7 +334,9 @@ pub const MASKED_SCORE: f64 = -1.0e4;
 /// `q_offset..q_offset+Lq` of the sequence) against all of `k`, `v` `[B, Lk, heads·d]`.
 ///
 /// Scores, softmax and the weighted sum are in f32 (which also satisfies SD 2.1's
-/// `upcast_attention`); with `causal`, query `i` sees keys `0..=i`.
+/// `upcast_attention`); with `causal`, query `i` sees keys `0..=i`. On the host CPU backend
+/// without autodiff this is the fused kernel of [`super::host_attention`] (no score block in
+/// memory); elsewhere, and under autodiff, burn's operations.
 pub fn attention_block(
     q: Tensor<3>,
     k: Tensor<3>,
@@ -346,6 +348,17 @@ pub fn attention_block(
     let [b, lq, dim] = q.dims();
     let lk = k.dims()[1];
     let d = dim / heads;
+    #[cfg(not(target_arch = "wasm32"))]
+    if [&q, &k, &v].iter().all(|t| t.dtype() == DType::F32)
+        && !q.device().is_autodiff()
+        && crate::backend::is_host(&q.device())
+    {
+        let s = super::host_attention::AttnShape { b, lq, lk, heads, d, causal, q_offset };
+        let vals = |t: Tensor<3>| t.into_data().try_into_vec::<f32>().expect("f32 values");
+        let device = q.device();
+        let out = super::host_attention::forward(&s, &vals(q), &vals(k), &vals(v));
+        return crate::backend::tensor(out, [b, lq, dim], &device);
+    }
     // Logits, softmax and the weighted sum in f32 whatever the activations' dtype.
     let dt = float_dtype(q.dtype());
     let f32 = |t: Tensor<3>| if is_half(&t) { t.cast(FloatDType::F32) } else { t };
@@ -360,6 +373,48 @@ pub fn attention_block(
     }
     let out = super::reduce::softmax_last(scores).matmul(v);
     to_dtype(out.swap_dims(1, 2).reshape([b, lq, dim]), dt)
+}
+
+/// The backward of [`attention_block`] on the host CPU backend (f32): the gradients of
+/// `⟨attention_block(q, k, v, …), g⟩` with respect to `q`, `k`, `v` where `want` asks, from the
+/// fused kernel of `host_attention` (recomputing the scores block by block, never holding them
+/// whole). `None` on any other backend or dtype, where burn's autodiff is the backward.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_block_vjp(
+    q: &Tensor<3>,
+    k: &Tensor<3>,
+    v: &Tensor<3>,
+    g: &Tensor<3>,
+    want: [bool; 3],
+    heads: usize,
+    causal: bool,
+    q_offset: usize,
+) -> Option<[Option<Tensor<3>>; 3]> {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let device = q.device();
+        if ![q, k, v, g].iter().all(|t| t.dtype() == DType::F32) || !crate::backend::is_host(&device) {
+            return None;
+        }
+        let [b, lq, dim] = q.dims();
+        let lk = k.dims()[1];
+        let s = super::host_attention::AttnShape { b, lq, lk, heads, d: dim / heads, causal, q_offset };
+        let vals = |t: &Tensor<3>| t.clone().without_autodiff().into_data().try_into_vec::<f32>().expect("f32 values");
+        let grads = super::host_attention::backward(&s, &vals(q), &vals(k), &vals(v), &vals(g), want);
+        let shapes = [[b, lq, dim], [b, lk, dim], [b, lk, dim]];
+        let mut out = [None, None, None];
+        for (i, (gi, shape)) in grads.into_iter().zip(shapes).enumerate() {
+            if want[i] {
+                out[i] = Some(crate::backend::tensor(gi, shape, &device.clone().without_autodiff()));
+            }
+        }
+        Some(out)
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = (q, k, v, g, want, heads, causal, q_offset);
+        None
+    }
 }
 
 /// Attention over whole sequences in one block (small sequences; tests).
@@ -420,10 +475,12 @@ pub fn gelu_exact<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// 5e-7 of libm's `erff` (4.2e-7 measured, tests/ops.rs), and vectorisable (plain multiply-adds:
 /// `mul_add` is a libm call without the `fma` target feature). Exactly ±1 from |x| = 3.92 on
 /// (where erf rounds to ±1 in f32), so GELU's far negative tail is exactly 0.
+#[inline(always)]
 pub fn erf_f32(x: f32) -> f32 {
-    if x.abs() >= 3.92 {
-        return x.signum();
-    }
+    // Evaluated everywhere and selected (no early return), so that loops over it vectorise.
+    let big = x.abs() >= 3.92;
+    let sign = x.signum();
+    let x = if big { 0.0 } else { x };
     let x2 = x * x;
     let mut p = x2 * -2.726_142_3e-10 + 2.770_681_4e-8;
     p = x2 * p + -2.101_024e-6;
@@ -435,14 +492,64 @@ pub fn erf_f32(x: f32) -> f32 {
     q = x2 * q + -1.682_827e-3;
     q = x2 * q + -7.373_329e-3;
     q = x2 * q + -1.426_474e-2;
-    x * p / q
+    if big { sign } else { x * p / q }
 }
 
-/// GELU on the host CPU backend: `x·Φ(x)` in one parallel pass over the values. Under
-/// autodiff the result is `y + (x − detach(x))·g` with `g = Φ(x) + x·φ(x)` computed in the same
-/// pass: the same value, and exactly GELU's derivative for the backward.
+/// `e^x` for `x ≤ 0` in plain multiply-adds that vectorise: Cephes' `expf` polynomial after
+/// `x = n·ln2 + r`, `2ⁿ` from the exponent bits; within 3e-7 (relative) of libm's `expf` down to
+/// `x = −87` (below it, the smallest normal value instead of a denormal or 0).
+#[inline(always)]
+pub fn exp_neg(x: f32) -> f32 {
+    let x = if x < -87.0 { -87.0 } else { x };
+    // Round x·log2(e) to the nearest integer with the 1.5·2²³ trick (no libm `floor` call).
+    const MAGIC: f32 = 12_582_912.0;
+    let t = x * std::f32::consts::LOG2_E + MAGIC;
+    let n = t - MAGIC;
+    let ni = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4_f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 0.166_666_65;
+    p = p * r + 0.5;
+    let y = p * r * r + r + 1.0;
+    y * f32::from_bits(((ni + 127) as u32) << 23)
+}
+
+/// `y = f(x).0` (and `g = f(x).1` where `g` is not empty) over a chunk.
+#[inline(always)]
+fn map_chunk<F: Fn(f32) -> (f32, f32)>(x: &[f32], y: &mut [f32], g: &mut [f32], f: &F) {
+    if g.is_empty() {
+        for (&x, y) in x.iter().zip(y) {
+            *y = f(x).0;
+        }
+    } else {
+        for ((&x, y), g) in x.iter().zip(y).zip(g) {
+            (*y, *g) = f(x);
+        }
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", not(target_arch = "wasm32")))]
+#[target_feature(enable = "avx512f")]
+unsafe fn map_chunk_512<F: Fn(f32) -> (f32, f32)>(x: &[f32], y: &mut [f32], g: &mut [f32], f: &F) {
+    map_chunk(x, y, g, f)
+}
+
+#[cfg(all(target_arch = "x86_64", not(target_arch = "wasm32")))]
+#[target_feature(enable = "avx2")]
+unsafe fn map_chunk_256<F: Fn(f32) -> (f32, f32)>(x: &[f32], y: &mut [f32], g: &mut [f32], f: &F) {
+    map_chunk(x, y, g, f)
+}
+
+/// An element-wise function on the host CPU backend, in one parallel pass over the values,
+/// compiled for AVX-512 or AVX2 where the CPU has them (picked at run time; the binary targets
+/// baseline x86-64). `f(x) = (value, derivative)`. Under autodiff the result is
+/// `y + (x − detach(x))·g` with `g` the derivative from the same pass: the same value, and
+/// exactly `f`'s derivative for the backward.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn gelu_host<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+pub fn host_pointwise<const D: usize, F: Fn(f32) -> (f32, f32) + Sync>(x: Tensor<D>, f: F) -> Tensor<D> {
     use burn::tensor::TensorData;
     use rayon::prelude::*;
     let device = x.device();
@@ -452,24 +559,25 @@ pub fn gelu_host<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     let mut y = vec![0f32; vals.len()];
     let mut g = if tracked { vec![0f32; vals.len()] } else { vec![] };
     const CHUNK: usize = 1 << 14;
-    let inv_sqrt2 = std::f32::consts::FRAC_1_SQRT_2;
-    let inv_sqrt_2pi = 0.398_942_3_f32;
-    if tracked {
-        (vals.par_chunks(CHUNK), y.par_chunks_mut(CHUNK), g.par_chunks_mut(CHUNK)).into_par_iter().for_each(
-            |(v, y, g)| {
-                for ((&x, y), g) in v.iter().zip(y).zip(g) {
-                    let cdf = 0.5 * (1.0 + erf_f32(x * inv_sqrt2));
-                    *y = x * cdf;
-                    *g = cdf + x * inv_sqrt_2pi * (-0.5 * x * x).exp();
-                }
-            },
-        );
-    } else {
-        vals.par_chunks(CHUNK).zip(y.par_chunks_mut(CHUNK)).for_each(|(v, y)| {
-            for (&x, y) in v.iter().zip(y) {
-                *y = x * 0.5 * (1.0 + erf_f32(x * inv_sqrt2));
+    let run = |x: &[f32], y: &mut [f32], g: &mut [f32]| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: each variant runs only where the CPU reports its instruction set.
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return unsafe { map_chunk_512(x, y, g, &f) };
             }
-        });
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return unsafe { map_chunk_256(x, y, g, &f) };
+            }
+        }
+        map_chunk(x, y, g, &f)
+    };
+    if tracked {
+        (vals.par_chunks(CHUNK), y.par_chunks_mut(CHUNK), g.par_chunks_mut(CHUNK))
+            .into_par_iter()
+            .for_each(|(x, y, g)| run(x, y, g));
+    } else {
+        vals.par_chunks(CHUNK).zip(y.par_chunks_mut(CHUNK)).for_each(|(x, y)| run(x, y, &mut []));
     }
     let y = Tensor::<D>::from_data(TensorData::new(y, shape.clone()), &device);
     if !tracked {
@@ -477,6 +585,31 @@ pub fn gelu_host<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     }
     let g = Tensor::<D>::from_data(TensorData::new(g, shape), &device);
     y + (x.clone() - x.detach()) * g
+}
+
+/// GELU on the host CPU backend ([`host_pointwise`]): `x·Φ(x)`, derivative `Φ(x) + x·φ(x)`.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn gelu_host<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    host_pointwise(x, |x| {
+        let cdf = 0.5 * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
+        (x * cdf, cdf + x * 0.398_942_3 * exp_neg(-0.5 * x * x))
+    })
+}
+
+/// SiLU `x·σ(x)` (PyTorch's, = burn's `silu`). On the host CPU backend (f32) one parallel pass
+/// ([`host_pointwise`]; burn-flex's sigmoid is a scalar `expf` per element on one thread).
+pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    #[cfg(not(target_arch = "wasm32"))]
+    if x.dtype() == DType::F32 && crate::backend::is_host(&x.device()) {
+        return host_pointwise(x, |x| {
+            // σ(x) from e^{−|x|} ≤ 1 (no overflow): 1/(1+e) for x ≥ 0, e/(1+e) below.
+            let e = exp_neg(-x.abs());
+            let inv = 1.0 / (1.0 + e);
+            let s = if x >= 0.0 { inv } else { e * inv };
+            (x * s, s * (1.0 + x * (1.0 - s)))
+        });
+    }
+    burn::tensor::activation::silu(x)
 }
 
 /// Nearest-neighbour 2× upsampling of `[N, C, H, W]`.

@@ -181,6 +181,12 @@ pub type Slot = usize;
 
 type PieceFn<'a> = Box<dyn Fn(&[Val]) -> Vec<Val> + 'a>;
 
+/// A hand-written vector–Jacobian product of a piece: given its inputs (plain values), the
+/// gradient reaching each output (`None` where none does) and which inputs want a gradient,
+/// the gradient of each input (`None` where not wanted) — or `None` as a whole where it does
+/// not apply to these values (another backend), and burn's autodiff is used instead.
+pub type VjpFn<'a> = Box<dyn Fn(&[Val], &[Option<Val>], &[bool]) -> Option<Vec<Option<Val>>> + 'a>;
+
 /// One step of a tape: reads `inputs`, writes `outputs`.
 pub struct Piece<'a> {
     /// Name (for reports and memory sampling).
@@ -190,6 +196,7 @@ pub struct Piece<'a> {
     /// Slots written.
     pub outputs: Vec<Slot>,
     f: PieceFn<'a>,
+    vjp: Option<VjpFn<'a>>,
 }
 
 /// A network as a sequence of pieces over numbered slots.
@@ -267,8 +274,24 @@ impl<'a> Tape<'a> {
             inputs: inputs.to_vec(),
             outputs: outputs.clone(),
             f: Box::new(f),
+            vjp: None,
         });
         outputs
+    }
+
+    /// [`piece1`](Self::piece1) with its own backward: where `vjp` applies, the backward walk
+    /// calls it instead of recomputing the piece under autodiff, and
+    /// [`forward_retaining`](Self::forward_retaining) never keeps a graph for it.
+    pub fn piece1_vjp(
+        &mut self,
+        name: impl Into<String>,
+        inputs: &[Slot],
+        f: impl Fn(&[Val]) -> Val + 'a,
+        vjp: impl Fn(&[Val], &[Option<Val>], &[bool]) -> Option<Vec<Option<Val>>> + 'a,
+    ) -> Slot {
+        let out = self.piece1(name, inputs, f);
+        self.pieces.last_mut().expect("just added").vjp = Some(Box::new(vjp));
+        out
     }
 
     /// [`piece`](Self::piece) with one output.
@@ -360,7 +383,8 @@ impl<'a> Tape<'a> {
                 .iter()
                 .map(|&s| vals[s].clone().unwrap_or_else(|| panic!("piece {} reads slot {s} before it is set", p.name)))
                 .collect();
-            let tracked = p.inputs.iter().any(|&s| needs[s])
+            let tracked = p.vjp.is_none()
+                && p.inputs.iter().any(|&s| needs[s])
                 && budget.admit(plain.iter().map(Val::f32_bytes).sum::<usize>() as u64);
             let (outs, graph) = if tracked {
                 let args: Vec<Val> =
@@ -405,6 +429,40 @@ impl<'a> Tape<'a> {
             if out_g.is_empty() || !wants.iter().any(|&w| w) {
                 obs.after_piece(&p.name, true);
                 continue;
+            }
+            if let (None, Some(vjp)) = (&graph, &p.vjp) {
+                let args: Vec<Val> = p
+                    .inputs
+                    .iter()
+                    .map(|&s| {
+                        saved
+                            .get(s)
+                            .map(Val::plain)
+                            .ok_or_else(|| Error::Device(format!("piece {}: slot {s} was not kept", p.name)))
+                    })
+                    .collect::<Result<_>>()?;
+                let mut outs: Vec<Option<Val>> = vec![None; p.outputs.len()];
+                for (i, g) in &out_g {
+                    outs[*i] = Some(g.clone());
+                }
+                if let Some(gs) = vjp(&args, &outs, &wants) {
+                    assert_eq!(gs.len(), p.inputs.len(), "piece {}: wrong number of input gradients", p.name);
+                    for ((&s, gi), &w) in p.inputs.iter().zip(gs).zip(&wants) {
+                        if let (true, Some(gi)) = (w, gi) {
+                            grads[s] = Some(match grads[s].take() {
+                                Some(prev) => prev.add(gi),
+                                None => gi,
+                            });
+                        }
+                    }
+                    for &s in &p.outputs {
+                        if !wrt.contains(&s) {
+                            saved.take(s);
+                        }
+                    }
+                    obs.after_piece(&p.name, true);
+                    continue;
+                }
             }
             let (args, outs) = match graph {
                 // Kept by `forward_retaining`: no recompute.

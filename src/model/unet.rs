@@ -8,13 +8,12 @@
 //! after its last use; training keeps the piece boundaries and walks back piece by piece. Pieces
 //! are sized by a [`MemPlan`] so that no intermediate tensor outgrows the device's binding limit.
 use burn::module::Module;
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::nn::{
-    Conv2d, GroupNorm, LayerNorm, Linear, MemPlan, attention_block, attention_rows, gelu_exact, timestep_embedding,
-    upsample_nearest2x,
+    Conv2d, GroupNorm, LayerNorm, Linear, MemPlan, attention_block, attention_block_vjp, attention_rows, gelu_exact,
+    silu, timestep_embedding, upsample_nearest2x,
 };
 use super::tape::{Observer, Slot, Tape, Val};
 use crate::backend::tensor;
@@ -239,11 +238,23 @@ pub fn attention_pieces<'a>(
     causal: bool,
     plan: &MemPlan,
 ) -> Slot {
+    // Each core piece has its own backward where the backend has one (the host CPU).
+    let core = move |tape: &mut Tape<'a>, name: String, ins: [Slot; 3], offset: usize| {
+        tape.piece1_vjp(
+            name,
+            &ins,
+            move |x| attention_block(x[0].t3(), x[1].t3(), x[2].t3(), heads, causal, offset).into(),
+            move |x, g, want| {
+                let g = g[0].as_ref()?.t3();
+                let want = [want[0], want[1], want[2]];
+                let gs = attention_block_vjp(&x[0].t3(), &x[1].t3(), &x[2].t3(), &g, want, heads, causal, offset)?;
+                Some(gs.into_iter().map(|t| t.map(Val::T3)).collect())
+            },
+        )
+    };
     let rows = attention_rows(plan, b, heads, lk);
     if rows >= lq {
-        return tape.piece1(format!("{name}.core"), &[q, k, v], move |x| {
-            attention_block(x[0].t3(), x[1].t3(), x[2].t3(), heads, causal, 0).into()
-        });
+        return core(tape, format!("{name}.core"), [q, k, v], 0);
     }
     let starts: Vec<usize> = (0..lq).step_by(rows).collect();
     let n = starts.len();
@@ -258,11 +269,7 @@ pub fn attention_pieces<'a>(
         .iter()
         .zip(&starts)
         .enumerate()
-        .map(|(i, (&qs, &s))| {
-            tape.piece1(format!("{name}.core{i}"), &[qs, k, v], move |x| {
-                attention_block(x[0].t3(), x[1].t3(), x[2].t3(), heads, causal, s).into()
-            })
-        })
+        .map(|(i, (&qs, &s))| core(tape, format!("{name}.core{i}"), [qs, k, v], s))
         .collect();
     tape.piece1(format!("{name}.cat"), &outs, |x| Tensor::cat(x.iter().map(Val::t3).collect(), 1).into())
 }

@@ -10,10 +10,9 @@
 //! no seams), with no tensor above the memory plan's block size.
 use burn::module::Module;
 use burn::tensor::Tensor;
-use burn::tensor::activation::silu;
 use serde::{Deserialize, Serialize};
 
-use super::nn::{Conv2d, GroupNorm, Linear, MemPlan, attention_chunked, upsample_nearest2x};
+use super::nn::{Conv2d, GroupNorm, Linear, MemPlan, attention_chunked, silu, upsample_nearest2x};
 use super::reduce::{group_sq_dev_sums, group_sums};
 use super::unet::ResnetBlock;
 use crate::weights::{KeyRewrite, Vb};
