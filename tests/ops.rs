@@ -481,3 +481,132 @@ fn fused_host_attention_equals_burns_attention() {
         );
     }
 }
+
+/// The host resnet block (group norm + SiLU and convolutions on the host, its hand-written
+/// backward) against burn's operations under autodiff: with and without a shortcut, a batch of
+/// two, a non-square image, inputs given as a channel concatenation (the up path), random norm
+/// affines and biases, and only some gradients asked for.
+#[test]
+fn host_resnet_equals_burns_resnet() {
+    use burn::module::Param;
+    use dreamdist::model::unet::ResnetBlock;
+    use dreamdist::weights::{RandomSource, Vb};
+    let plain = open(BackendKind::Cpu);
+    let ad = plain.clone().autodiff();
+    let mut rng = dreamdist::rng::Rng::new(5);
+    for (parts, co, n, h, w, temb_dim, groups) in [
+        (vec![8usize], 16usize, 1usize, 32usize, 32usize, 12usize, 4usize),
+        (vec![16], 16, 2, 32, 33, 12, 8),
+        (vec![6, 10], 8, 1, 40, 28, 5, 4),
+    ] {
+        let ci: usize = parts.iter().sum();
+        let mut block = ResnetBlock::new(&Vb::new(RandomSource::new(9), &plain), ci, co, Some(temb_dim), groups, 1e-5);
+        // Random norm affines and biases (the loader's defaults are ones and zeros).
+        let vec_param = |len: usize, base: f32, rng: &mut dreamdist::rng::Rng| {
+            let v: Vec<f32> = rng.normal_vec(len).into_iter().map(|x| base + 0.3 * x).collect();
+            Param::from_tensor(backend::tensor(v, [len], &plain)).set_require_grad(false)
+        };
+        block.norm1.weight = vec_param(ci, 1.0, &mut rng);
+        block.norm1.bias = vec_param(ci, 0.0, &mut rng);
+        block.norm2.weight = vec_param(co, 1.0, &mut rng);
+        block.norm2.bias = vec_param(co, 0.0, &mut rng);
+        block.conv1.bias = vec_param(co, 0.0, &mut rng);
+        block.conv2.bias = vec_param(co, 0.0, &mut rng);
+        let xs: Vec<Vec<f32>> =
+            parts.iter().map(|&c| rng.normal_vec(n * c * h * w).into_iter().map(|x| 1.5 * x + 0.2).collect()).collect();
+        let tv = rng.normal_vec(n * temb_dim);
+        let rv = rng.normal_vec(n * co * h * w);
+        // Reference: one autodiff graph through burn's operations.
+        let leaves: Vec<_> =
+            xs.iter().zip(&parts).map(|(v, &c)| backend::tensor(v.clone(), [n, c, h, w], &ad).require_grad()).collect();
+        let tl = backend::tensor(tv.clone(), [n, temb_dim], &ad).require_grad();
+        let y = block.forward(burn::tensor::Tensor::cat(leaves.clone(), 1), Some(&tl));
+        let g = (y.clone() * backend::tensor(rv.clone(), [n, co, h, w], &ad)).sum().backward();
+        let want_y = block_on(read(y)).unwrap();
+        let want_gx: Vec<Vec<f32>> = leaves.iter().map(|l| block_on(read(l.grad(&g).unwrap())).unwrap()).collect();
+        let want_gt = block_on(read(tl.grad(&g).unwrap())).unwrap();
+        // Host kernels.
+        let px: Vec<_> =
+            xs.iter().zip(&parts).map(|(v, &c)| backend::tensor(v.clone(), [n, c, h, w], &plain)).collect();
+        assert!(block.host_applies(&px[0]), "the host path must be what runs here");
+        let pt = backend::tensor(tv.clone(), [n, temb_dim], &plain);
+        let (y, saved) = block.forward_host(&px, Some(&pt));
+        let via_parts = block_on(read(block.forward_parts(px.clone(), Some(&pt)))).unwrap();
+        let got_y = block_on(read(y)).unwrap();
+        assert_eq!(via_parts, got_y, "forward_parts picks the host kernels");
+        let dy = backend::tensor(rv.clone(), [n, co, h, w], &plain);
+        let (gx, gt) = block.backward_host(&px, &saved, &dy, &vec![true; parts.len()], true);
+        let rel = |a: &[f32], b: &[f32]| {
+            let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+            assert!(scale > 1e-3 && a.len() == b.len());
+            a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max) / scale
+        };
+        let ey = rel(&got_y, &want_y);
+        let egx: Vec<f32> =
+            gx.iter().zip(&want_gx).map(|(g, w)| rel(&block_on(read(g.clone().unwrap())).unwrap(), w)).collect();
+        let egt = rel(&block_on(read(gt.unwrap())).unwrap(), &want_gt);
+        eprintln!(
+            "resnet {parts:?}→{co} n{n} {h}×{w}: output {ey:.1e}, input gradients {egx:?}, temb gradient {egt:.1e}"
+        );
+        assert!(ey <= 1e-5, "output {ey}");
+        assert!(egx.iter().all(|&e| e <= 1e-4) && egt <= 1e-4, "gradients {egx:?} {egt}");
+        // Only the first input asked for: the same gradient, nothing else computed.
+        let mut want = vec![false; parts.len()];
+        want[0] = true;
+        let (gx1, gt1) = block.backward_host(&px, &saved, &dy, &want, false);
+        assert!(gt1.is_none() && gx1[1..].iter().all(Option::is_none));
+        assert_eq!(block_on(read(gx1[0].clone().unwrap())).unwrap(), block_on(read(gx[0].clone().unwrap())).unwrap());
+    }
+}
+
+/// In f32 on the CPU backend the UNet tape's resnets (at ≥ 1024 pixels) and attention cores
+/// run their own host forward/backward pairs: the block-wise gradient with respect to the
+/// context equals one autodiff graph through burn's operations, with the pairs' saved tensors
+/// kept and with them recomputed. (tests/blockwise.rs checks the same walk in f64, where the
+/// host kernels do not apply.)
+#[test]
+fn host_backwards_through_the_unet_tape_equal_one_graph() {
+    use dreamdist::model::tape::{GraphBudget, Val};
+    use dreamdist::model::{MemPlan, UNet, UNetConfig};
+    use dreamdist::tokenizer::MAX_LEN;
+    use dreamdist::weights::{RandomSource, Vb};
+    let cfg = UNetConfig {
+        block_out_channels: vec![32, 32, 64],
+        cross_attention: vec![true, false, true],
+        heads: vec![2, 2, 4],
+        layers_per_block: 1,
+        sample_size: 8,
+        ..UNetConfig::tiny()
+    };
+    let device = open(BackendKind::Cpu);
+    let unet = UNet::new(&Vb::new(RandomSource::new(9), &device), &cfg);
+    let s = 24;
+    assert!(2 * s * s >= dreamdist::model::unet::HOST_RESNET_MIN_PIXELS);
+    let mut rng = dreamdist::rng::Rng::new(2);
+    let x = backend::tensor(rng.normal_vec(2 * 4 * s * s), [2, 4, s, s], &device);
+    let ctx = backend::tensor(rng.normal_vec(2 * MAX_LEN * 32), [2, MAX_LEN, 32], &device);
+    let r = backend::tensor(rng.normal_vec(2 * 4 * s * s), [2, 4, s, s], &device);
+    let ts = [123.0, 777.0];
+    let leaf = ctx.clone().autodiff().require_grad();
+    let out = unet.forward_planned(x.clone().autodiff(), &ts, &leaf, &MemPlan::cpu(), &mut ());
+    let want = block_on(read(leaf.grad(&(out * r.clone()).sum().backward()).unwrap())).unwrap();
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let (tape, us) = unet.tape(2, s, s, &MemPlan::cpu());
+    for limit in [u64::MAX, 0] {
+        let inputs = vec![
+            (us.x, x.clone().into()),
+            (us.t_proj, unet.time_proj(&ts, &device).into()),
+            (us.context, ctx.clone().into()),
+        ];
+        let vals = tape.forward_retaining(inputs, &[us.context], &mut GraphBudget::new(limit), &mut ());
+        let customs = vals.custom_pieces();
+        let g = tape.backward(vals, vec![(us.out, Val::T4(r.clone()))], &[us.context], &mut ()).unwrap();
+        let got = block_on(read(g[0].clone().unwrap().t3())).unwrap();
+        let e = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale;
+        eprintln!("budget {limit}: {customs} pieces with their own backward, vs one graph {e:.2e} (scale {scale:.3e})");
+        // Attention cores of the six transformer blocks after the first cross-attention, and
+        // the top level's up-path resnets.
+        assert!(customs >= 8, "{customs}");
+        assert!(e <= 2e-5, "{e}");
+    }
+}

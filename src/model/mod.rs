@@ -3,6 +3,8 @@
 pub mod clip;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod host_attention;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod host_resnet;
 pub mod nn;
 pub mod reduce;
 pub mod tape;

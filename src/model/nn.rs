@@ -375,6 +375,11 @@ pub fn attention_block(
     to_dtype(out.swap_dims(1, 2).reshape([b, lq, dim]), dt)
 }
 
+/// Whether [`attention_block_vjp`] applies to a query like `q` (the host CPU backend, f32).
+pub fn attention_block_has_vjp(q: &Tensor<3>) -> bool {
+    q.dtype() == DType::F32 && crate::backend::is_host(&q.device())
+}
+
 /// The backward of [`attention_block`] on the host CPU backend (f32): the gradients of
 /// `⟨attention_block(q, k, v, …), g⟩` with respect to `q`, `k`, `v` where `want` asks, from the
 /// fused kernel of `host_attention` (recomputing the scores block by block, never holding them

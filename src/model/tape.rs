@@ -165,6 +165,14 @@ impl GraphBudget {
     pub fn new(limit: u64) -> Self {
         Self { limit, used: 0 }
     }
+    /// Whether `bytes` more may be kept (and books them).
+    pub fn admit_bytes(&mut self, bytes: u64) -> bool {
+        let ok = self.used.saturating_add(bytes) <= self.limit;
+        if ok {
+            self.used += bytes;
+        }
+        ok
+    }
     /// Whether a piece whose inputs take `input_bytes` may keep its graph (and books it).
     pub fn admit(&mut self, input_bytes: u64) -> bool {
         let est = input_bytes.saturating_mul(Self::SAVED_PER_INPUT);
@@ -181,11 +189,21 @@ pub type Slot = usize;
 
 type PieceFn<'a> = Box<dyn Fn(&[Val]) -> Vec<Val> + 'a>;
 
-/// A hand-written vector–Jacobian product of a piece: given its inputs (plain values), the
-/// gradient reaching each output (`None` where none does) and which inputs want a gradient,
-/// the gradient of each input (`None` where not wanted) — or `None` as a whole where it does
-/// not apply to these values (another backend), and burn's autodiff is used instead.
-pub type VjpFn<'a> = Box<dyn Fn(&[Val], &[Option<Val>], &[bool]) -> Option<Vec<Option<Val>>> + 'a>;
+/// A piece's own forward for a backend that has a hand-written backward: the outputs and what
+/// the backward needs (saved tensors), or `None` where it does not apply to these values
+/// (another backend or dtype), and burn's autodiff is used instead.
+pub type CustomForward<'a> = Box<dyn Fn(&[Val]) -> Option<(Vec<Val>, Vec<Val>)> + 'a>;
+
+/// The hand-written vector–Jacobian product: given the piece's inputs (plain values), what its
+/// [`CustomForward`] saved, the gradient reaching each output (`None` where none does) and
+/// which inputs want a gradient, the gradient of each input (`None` where not wanted).
+pub type CustomBackward<'a> = Box<dyn Fn(&[Val], &[Val], &[Option<Val>], &[bool]) -> Vec<Option<Val>> + 'a>;
+
+/// A piece's own forward/backward pair (like a `torch.autograd.Function`).
+pub struct Custom<'a> {
+    forward: CustomForward<'a>,
+    backward: CustomBackward<'a>,
+}
 
 /// One step of a tape: reads `inputs`, writes `outputs`.
 pub struct Piece<'a> {
@@ -196,7 +214,7 @@ pub struct Piece<'a> {
     /// Slots written.
     pub outputs: Vec<Slot>,
     f: PieceFn<'a>,
-    vjp: Option<VjpFn<'a>>,
+    custom: Option<Custom<'a>>,
 }
 
 /// A network as a sequence of pieces over numbered slots.
@@ -214,6 +232,10 @@ pub struct Values {
     /// Per piece, the autodiff graph kept by [`Tape::forward_retaining`] (its leaf inputs and
     /// tracked outputs), which [`Tape::backward`] uses instead of recomputing the piece.
     graphs: Vec<Option<Graph>>,
+    /// Per piece, what a [`Custom`] forward saved for its backward (where the budget admitted).
+    saved: Vec<Option<Vec<Val>>>,
+    /// How many pieces ran their [`Custom`] forward.
+    customs: usize,
 }
 
 /// A piece's forward under autodiff: its inputs (leaves where a gradient is wanted) and outputs.
@@ -230,6 +252,11 @@ impl Values {
     /// Removes and returns the value in `slot`.
     pub fn take(&mut self, slot: Slot) -> Option<Val> {
         self.vals.get_mut(slot).and_then(|v| v.take())
+    }
+    /// How many pieces [`Tape::forward_retaining`] ran with their own forward/backward pair
+    /// (see [`Tape::piece1_custom`]).
+    pub fn custom_pieces(&self) -> usize {
+        self.customs
     }
     /// Bytes held (as f32), for memory reports.
     pub fn f32_bytes(&self) -> usize {
@@ -274,29 +301,39 @@ impl<'a> Tape<'a> {
             inputs: inputs.to_vec(),
             outputs: outputs.clone(),
             f: Box::new(f),
-            vjp: None,
+            custom: None,
         });
         outputs
-    }
-
-    /// [`piece1`](Self::piece1) with its own backward: where `vjp` applies, the backward walk
-    /// calls it instead of recomputing the piece under autodiff, and
-    /// [`forward_retaining`](Self::forward_retaining) never keeps a graph for it.
-    pub fn piece1_vjp(
-        &mut self,
-        name: impl Into<String>,
-        inputs: &[Slot],
-        f: impl Fn(&[Val]) -> Val + 'a,
-        vjp: impl Fn(&[Val], &[Option<Val>], &[bool]) -> Option<Vec<Option<Val>>> + 'a,
-    ) -> Slot {
-        let out = self.piece1(name, inputs, f);
-        self.pieces.last_mut().expect("just added").vjp = Some(Box::new(vjp));
-        out
     }
 
     /// [`piece`](Self::piece) with one output.
     pub fn piece1(&mut self, name: impl Into<String>, inputs: &[Slot], f: impl Fn(&[Val]) -> Val + 'a) -> Slot {
         self.piece(name, inputs, 1, move |v| vec![f(v)])[0]
+    }
+
+    /// [`piece1`](Self::piece1) with its own forward/backward pair where `forward` applies
+    /// (returns `Some`): [`forward_retaining`](Self::forward_retaining) runs it (keeping what
+    /// it saves while the budget admits, never an autodiff graph) and the backward walk calls
+    /// `backward` instead of recomputing the piece under autodiff. `f` stays the plain
+    /// forward (inference, block-wise recompute) and the fallback where `forward` does not
+    /// apply. `backward` gets the gradient of the one output.
+    pub fn piece1_custom(
+        &mut self,
+        name: impl Into<String>,
+        inputs: &[Slot],
+        f: impl Fn(&[Val]) -> Val + 'a,
+        forward: impl Fn(&[Val]) -> Option<(Val, Vec<Val>)> + 'a,
+        backward: impl Fn(&[Val], &[Val], &Val, &[bool]) -> Vec<Option<Val>> + 'a,
+    ) -> Slot {
+        let out = self.piece1(name, inputs, f);
+        self.pieces.last_mut().expect("just added").custom = Some(Custom {
+            forward: Box::new(move |x| forward(x).map(|(y, saved)| (vec![y], saved))),
+            backward: Box::new(move |x, saved, g, want| match &g[0] {
+                Some(g) => backward(x, saved, g, want),
+                None => vec![None; x.len()],
+            }),
+        });
+        out
     }
 
     /// The pieces, in execution order.
@@ -339,7 +376,7 @@ impl<'a> Tape<'a> {
             }
             obs.after_piece(&p.name, false);
         }
-        Values { vals, graphs: vec![] }
+        Values { vals, graphs: vec![], saved: vec![], customs: 0 }
     }
 
     /// Which slots a gradient with respect to `wrt` passes through (`wrt` and everything
@@ -374,6 +411,8 @@ impl<'a> Tape<'a> {
         let needs = self.needs(wrt);
         let mut vals: Vec<Option<Val>> = vec![None; self.slots];
         let mut graphs: Vec<Option<Graph>> = Vec::with_capacity(self.pieces.len());
+        let mut saved: Vec<Option<Vec<Val>>> = vec![None; self.pieces.len()];
+        let mut custom_count = 0;
         for (s, v) in inputs {
             vals[s] = Some(v);
         }
@@ -383,10 +422,19 @@ impl<'a> Tape<'a> {
                 .iter()
                 .map(|&s| vals[s].clone().unwrap_or_else(|| panic!("piece {} reads slot {s} before it is set", p.name)))
                 .collect();
-            let tracked = p.vjp.is_none()
-                && p.inputs.iter().any(|&s| needs[s])
-                && budget.admit(plain.iter().map(Val::f32_bytes).sum::<usize>() as u64);
-            let (outs, graph) = if tracked {
+            let wanted = p.inputs.iter().any(|&s| needs[s]);
+            let custom = match (&p.custom, wanted) {
+                (Some(c), true) => (c.forward)(&plain),
+                _ => None,
+            };
+            let tracked =
+                custom.is_none() && wanted && budget.admit(plain.iter().map(Val::f32_bytes).sum::<usize>() as u64);
+            let (outs, graph) = if let Some((outs, kept)) = custom {
+                custom_count += 1;
+                let bytes = kept.iter().map(Val::f32_bytes).sum::<usize>() as u64;
+                saved[graphs.len()] = budget.admit_bytes(bytes).then_some(kept);
+                (outs, None)
+            } else if tracked {
                 let args: Vec<Val> =
                     p.inputs.iter().zip(&plain).map(|(&s, v)| if needs[s] { v.leaf() } else { v.plain() }).collect();
                 let outs = (p.f)(&args);
@@ -401,7 +449,8 @@ impl<'a> Tape<'a> {
             graphs.push(graph);
             obs.after_piece(&p.name, false);
         }
-        Values { vals, graphs }
+        let customs = custom_count;
+        Values { vals, graphs, saved, customs }
     }
 
     /// Exact backward walk. `saved` must come from [`forward`](Self::forward) with
@@ -430,7 +479,7 @@ impl<'a> Tape<'a> {
                 obs.after_piece(&p.name, true);
                 continue;
             }
-            if let (None, Some(vjp)) = (&graph, &p.vjp) {
+            if let (None, Some(custom)) = (&graph, &p.custom) {
                 let args: Vec<Val> = p
                     .inputs
                     .iter()
@@ -441,11 +490,15 @@ impl<'a> Tape<'a> {
                             .ok_or_else(|| Error::Device(format!("piece {}: slot {s} was not kept", p.name)))
                     })
                     .collect::<Result<_>>()?;
-                let mut outs: Vec<Option<Val>> = vec![None; p.outputs.len()];
-                for (i, g) in &out_g {
-                    outs[*i] = Some(g.clone());
-                }
-                if let Some(gs) = vjp(&args, &outs, &wants) {
+                // What the forward saved, or the custom forward again (recompute).
+                let kept =
+                    saved.saved.get_mut(i).and_then(Option::take).or_else(|| (custom.forward)(&args).map(|r| r.1));
+                if let Some(kept) = kept {
+                    let mut outs: Vec<Option<Val>> = vec![None; p.outputs.len()];
+                    for (i, g) in &out_g {
+                        outs[*i] = Some(g.clone());
+                    }
+                    let gs = (custom.backward)(&args, &kept, &outs, &wants);
                     assert_eq!(gs.len(), p.inputs.len(), "piece {}: wrong number of input gradients", p.name);
                     for ((&s, gi), &w) in p.inputs.iter().zip(gs).zip(&wants) {
                         if let (true, Some(gi)) = (w, gi) {

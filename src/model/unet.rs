@@ -12,8 +12,8 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::nn::{
-    Conv2d, GroupNorm, LayerNorm, Linear, MemPlan, attention_block, attention_block_vjp, attention_rows, gelu_exact,
-    silu, timestep_embedding, upsample_nearest2x,
+    Conv2d, GroupNorm, LayerNorm, Linear, MemPlan, attention_block, attention_block_has_vjp, attention_block_vjp,
+    attention_rows, gelu_exact, silu, timestep_embedding, upsample_nearest2x,
 };
 use super::tape::{Observer, Slot, Tape, Val};
 use crate::backend::tensor;
@@ -151,6 +151,243 @@ impl ResnetBlock {
     }
 }
 
+/// Fewest pixels (`N·H·W`) of a pass for which a resnet block runs on the host kernels
+/// ([`super::host_resnet`]) on the CPU backend: below it (the 8² level of a 512² image, and
+/// less) the weights' copy to the host per call costs about as much as the product gains.
+#[cfg(not(target_arch = "wasm32"))]
+pub const HOST_RESNET_MIN_PIXELS: usize = 1024;
+
+/// The values of a tensor on the host (dense f32).
+#[cfg(not(target_arch = "wasm32"))]
+fn host_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    let t = t.without_autodiff();
+    let t = if matches!(t.dtype(), burn::tensor::DType::QFloat(_)) { t.dequantize() } else { t };
+    let t = if t.dtype() == burn::tensor::DType::F32 { t } else { t.cast(burn::tensor::FloatDType::F32) };
+    t.into_data().try_into_vec::<f32>().expect("f32 values")
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl ResnetBlock {
+    /// Whether [`forward_host`](Self::forward_host) applies to an input like `x`: the host
+    /// CPU backend, f32, at least [`HOST_RESNET_MIN_PIXELS`] pixels.
+    pub fn host_applies(&self, x: &Tensor<4>) -> bool {
+        let [n, _, h, w] = x.dims();
+        x.dtype() == burn::tensor::DType::F32
+            && n * h * w >= HOST_RESNET_MIN_PIXELS
+            && crate::backend::is_host(&x.device())
+            && [&self.conv1, &self.conv2].iter().all(|c| c.stride == 1 && c.padding == c.k / 2)
+    }
+
+    /// The block on the channel concatenation of `xs` (each `[N, Cⱼ, H, W]`) with the host
+    /// kernels; `temb` is already through SiLU. Returns the output and what
+    /// [`backward_host`](Self::backward_host) needs: x̂ and 1/σ of both group norms.
+    pub fn forward_host(&self, xs: &[Tensor<4>], temb: Option<&Tensor<2>>) -> (Tensor<4>, Vec<Val>) {
+        use super::host_resnet::{conv_forward, gn_silu_forward};
+        let [n, _, h, w] = xs[0].dims();
+        let p = h * w;
+        let ci: usize = xs.iter().map(|x| x.dims()[1]).sum();
+        let co = self.conv1.weight.val().dims()[0];
+        let device = xs[0].device().without_autodiff();
+        let x = cat_channels(xs, n, p);
+        let norm = |g: &GroupNorm| (host_vec(g.weight.val()), host_vec(g.bias.val()));
+        let (g1, b1) = norm(&self.norm1);
+        let (a1, xh1, r1) = gn_silu_forward(&x, [n, ci, p], self.norm1.groups, &g1, &b1, self.norm1.eps as f32);
+        let mut bias1 = host_vec(self.conv1.bias.val()).repeat(n);
+        if let (Some(proj), Some(t)) = (&self.time_emb_proj, temb) {
+            let tp = host_vec(proj.forward(t.clone().without_autodiff()));
+            for (b, t) in bias1.iter_mut().zip(tp) {
+                *b += t;
+            }
+        }
+        let c1 = conv_forward(&a1, [n, ci, h, w], &host_vec(self.conv1.weight.val()), 3, &bias1);
+        drop(a1);
+        let (g2, b2) = norm(&self.norm2);
+        let (a2, xh2, r2) = gn_silu_forward(&c1, [n, co, p], self.norm2.groups, &g2, &b2, self.norm2.eps as f32);
+        drop(c1);
+        let bias2 = host_vec(self.conv2.bias.val()).repeat(n);
+        let mut y = conv_forward(&a2, [n, co, h, w], &host_vec(self.conv2.weight.val()), 3, &bias2);
+        drop(a2);
+        match &self.conv_shortcut {
+            Some(sc) => {
+                let bs = host_vec(sc.bias.val()).repeat(n);
+                let ys = conv_forward(&x, [n, ci, h, w], &host_vec(sc.weight.val()), 1, &bs);
+                add_parallel(&mut y, &ys);
+            }
+            None => add_parallel(&mut y, &x),
+        }
+        let t = |v: Vec<f32>, c: usize| Val::T4(crate::backend::tensor(v, [n, c, h, w], &device));
+        let groups = |v: Vec<f32>, g: usize| Val::T2(crate::backend::tensor(v, [n, g], &device));
+        let saved = vec![t(xh1, ci), groups(r1, self.norm1.groups), t(xh2, co), groups(r2, self.norm2.groups)];
+        (crate::backend::tensor(y, [n, co, h, w], &device), saved)
+    }
+
+    /// The gradients of `⟨block(cat(xs), temb), dy⟩` with respect to each of `xs` (where
+    /// `want_x`) and to `temb` (where `want_t`), from what
+    /// [`forward_host`](Self::forward_host) saved.
+    pub fn backward_host(
+        &self,
+        xs: &[Tensor<4>],
+        saved: &[Val],
+        dy: &Tensor<4>,
+        want_x: &[bool],
+        want_t: bool,
+    ) -> (Vec<Option<Tensor<4>>>, Option<Tensor<2>>) {
+        use super::host_resnet::{conv_backward_input, gn_silu_backward};
+        let [n, _, h, w] = xs[0].dims();
+        let p = h * w;
+        let ci: usize = xs.iter().map(|x| x.dims()[1]).sum();
+        let co = self.conv1.weight.val().dims()[0];
+        let device = xs[0].device().without_autodiff();
+        let dy = host_vec(dy.clone());
+        let norm = |g: &GroupNorm| (host_vec(g.weight.val()), host_vec(g.bias.val()));
+        let da2 = conv_backward_input(&dy, [n, co, h, w], &host_vec(self.conv2.weight.val()), 3);
+        let (g2, b2) = norm(&self.norm2);
+        let dc1 = gn_silu_backward(
+            &da2,
+            &host_vec(saved[2].t4()),
+            &host_vec(saved[3].t2()),
+            [n, co, p],
+            self.norm2.groups,
+            &g2,
+            &b2,
+        );
+        drop(da2);
+        let dtemb = match (&self.time_emb_proj, want_t) {
+            (Some(proj), true) => {
+                // temb → proj → added to every pixel: the gradient is Σ_pixels dc1 through proj.
+                let sums: Vec<f32> = dc1.chunks(p).map(|r| r.iter().sum()).collect();
+                let wt = proj.weight.val().without_autodiff();
+                let wt = if matches!(wt.dtype(), burn::tensor::DType::QFloat(_)) { wt.dequantize() } else { wt };
+                Some(crate::backend::tensor(sums, [n, co], &device).matmul(wt.transpose()))
+            }
+            _ => None,
+        };
+        if !want_x.iter().any(|&b| b) {
+            return (vec![None; xs.len()], dtemb);
+        }
+        let da1 = conv_backward_input(&dc1, [n, ci, h, w], &host_vec(self.conv1.weight.val()), 3);
+        drop(dc1);
+        let (g1, b1) = norm(&self.norm1);
+        let mut dx = gn_silu_backward(
+            &da1,
+            &host_vec(saved[0].t4()),
+            &host_vec(saved[1].t2()),
+            [n, ci, p],
+            self.norm1.groups,
+            &g1,
+            &b1,
+        );
+        drop(da1);
+        match &self.conv_shortcut {
+            Some(sc) => add_parallel(&mut dx, &conv_backward_input(&dy, [n, ci, h, w], &host_vec(sc.weight.val()), 1)),
+            None => add_parallel(&mut dx, &dy),
+        }
+        // Split the channels back into the inputs.
+        let mut out = Vec::with_capacity(xs.len());
+        let mut c0 = 0;
+        for (x, &want) in xs.iter().zip(want_x) {
+            let c = x.dims()[1];
+            if want {
+                let mut part = Vec::with_capacity(n * c * p);
+                for s in 0..n {
+                    part.extend_from_slice(&dx[(s * ci + c0) * p..(s * ci + c0 + c) * p]);
+                }
+                out.push(Some(crate::backend::tensor(part, [n, c, h, w], &device)));
+            } else {
+                out.push(None);
+            }
+            c0 += c;
+        }
+        (out, dtemb)
+    }
+}
+
+/// `[N, ΣCⱼ, P]` from the parts `[N, Cⱼ, H, W]` (channel concatenation, as `Tensor::cat(·, 1)`).
+#[cfg(not(target_arch = "wasm32"))]
+fn cat_channels(xs: &[Tensor<4>], n: usize, p: usize) -> Vec<f32> {
+    if xs.len() == 1 {
+        return host_vec(xs[0].clone());
+    }
+    let parts: Vec<(Vec<f32>, usize)> = xs.iter().map(|x| (host_vec(x.clone()), x.dims()[1])).collect();
+    let ci: usize = parts.iter().map(|p| p.1).sum();
+    let mut x = Vec::with_capacity(n * ci * p);
+    for s in 0..n {
+        for (v, c) in &parts {
+            x.extend_from_slice(&v[s * c * p..(s + 1) * c * p]);
+        }
+    }
+    x
+}
+
+/// `y += x` in parallel.
+#[cfg(not(target_arch = "wasm32"))]
+fn add_parallel(y: &mut [f32], x: &[f32]) {
+    use rayon::prelude::*;
+    y.par_chunks_mut(1 << 16).zip(x.par_chunks(1 << 16)).for_each(|(y, x)| {
+        for (a, b) in y.iter_mut().zip(x) {
+            *a += b;
+        }
+    });
+}
+
+impl ResnetBlock {
+    /// The block on the channel concatenation of `xs`, with the host kernels where they apply
+    /// and nothing is tracked; `temb` already through SiLU.
+    pub fn forward_parts(&self, xs: Vec<Tensor<4>>, temb: Option<&Tensor<2>>) -> Tensor<4> {
+        #[cfg(not(target_arch = "wasm32"))]
+        if !xs[0].device().is_autodiff() && self.host_applies(&xs[0]) {
+            return self.forward_host(&xs, temb).0;
+        }
+        let x = if xs.len() == 1 { xs.into_iter().next().expect("one part") } else { Tensor::cat(xs, 1) };
+        self.forward(x, temb)
+    }
+
+    /// A tape piece running this block on `parts` (channel-concatenated) and `temb` (the last
+    /// input slot), with the host kernels' forward/backward pair on the CPU backend.
+    fn piece<'a>(&'a self, tape: &mut Tape<'a>, name: String, parts: &[Slot], temb: Slot) -> Slot {
+        let k = parts.len();
+        let mut inputs = parts.to_vec();
+        inputs.push(temb);
+        let split = move |v: &[Val]| (v[..k].iter().map(Val::t4).collect::<Vec<_>>(), v[k].t2());
+        tape.piece1_custom(
+            name,
+            &inputs,
+            move |v| {
+                let (xs, t) = split(v);
+                self.forward_parts(xs, Some(&t)).into()
+            },
+            move |v| {
+                #[cfg(not(target_arch = "wasm32"))]
+                {
+                    let (xs, t) = split(v);
+                    self.host_applies(&xs[0]).then(|| {
+                        let (y, saved) = self.forward_host(&xs, Some(&t));
+                        (y.into(), saved)
+                    })
+                }
+                #[cfg(target_arch = "wasm32")]
+                {
+                    let _ = v;
+                    None
+                }
+            },
+            move |v, saved, g, want| {
+                #[cfg(not(target_arch = "wasm32"))]
+                {
+                    let (xs, _) = split(v);
+                    let (gx, gt) = self.backward_host(&xs, saved, &g.t4(), &want[..k], want[k]);
+                    gx.into_iter().map(|g| g.map(Val::T4)).chain([gt.map(Val::T2)]).collect()
+                }
+                #[cfg(target_arch = "wasm32")]
+                {
+                    let _ = (v, saved, g, want, split);
+                    unreachable!("no custom forward in the browser")
+                }
+            },
+        )
+    }
+}
+
 /// diffusers `Attention` as used by the UNet's transformer blocks.
 #[derive(Module, Debug)]
 pub struct CrossAttention {
@@ -240,15 +477,17 @@ pub fn attention_pieces<'a>(
 ) -> Slot {
     // Each core piece has its own backward where the backend has one (the host CPU).
     let core = move |tape: &mut Tape<'a>, name: String, ins: [Slot; 3], offset: usize| {
-        tape.piece1_vjp(
+        let run = move |x: &[Val]| attention_block(x[0].t3(), x[1].t3(), x[2].t3(), heads, causal, offset);
+        tape.piece1_custom(
             name,
             &ins,
-            move |x| attention_block(x[0].t3(), x[1].t3(), x[2].t3(), heads, causal, offset).into(),
-            move |x, g, want| {
-                let g = g[0].as_ref()?.t3();
+            move |x| run(x).into(),
+            move |x| attention_block_has_vjp(&x[0].t3()).then(|| (run(x).into(), vec![])),
+            move |x, _, g, want| {
                 let want = [want[0], want[1], want[2]];
-                let gs = attention_block_vjp(&x[0].t3(), &x[1].t3(), &x[2].t3(), &g, want, heads, causal, offset)?;
-                Some(gs.into_iter().map(|t| t.map(Val::T3)).collect())
+                let gs = attention_block_vjp(&x[0].t3(), &x[1].t3(), &x[2].t3(), &g.t3(), want, heads, causal, offset)
+                    .expect("checked by the custom forward");
+                gs.into_iter().map(|t| t.map(Val::T3)).collect()
             },
         )
     };
@@ -575,9 +814,7 @@ impl UNet {
         for (i, level) in self.down.iter().enumerate() {
             let c = boc(level);
             for (j, resnet) in level.resnets.iter().enumerate() {
-                hs = tape.piece1(format!("down{i}.resnet{j}"), &[hs, temb_act], move |v| {
-                    resnet.forward(v[0].t4(), Some(&v[1].t2())).into()
-                });
+                hs = resnet.piece(&mut tape, format!("down{i}.resnet{j}"), &[hs], temb_act);
                 if let Some(attn) = level.attentions.get(j) {
                     hs = self.transformer_pieces(
                         &mut tape,
@@ -600,22 +837,16 @@ impl UNet {
             down_slots.push(hs);
         }
         let top = boc(self.down.last().expect("levels"));
-        hs = tape.piece1("mid.resnet0", &[hs, temb_act], move |v| {
-            self.mid_resnet_1.forward(v[0].t4(), Some(&v[1].t2())).into()
-        });
+        hs = self.mid_resnet_1.piece(&mut tape, "mid.resnet0".into(), &[hs], temb_act);
         hs = self.transformer_pieces(&mut tape, "mid.attn", &self.mid_attention, hs, context, [n, top, hh, ww], plan);
-        hs = tape.piece1("mid.resnet1", &[hs, temb_act], move |v| {
-            self.mid_resnet_2.forward(v[0].t4(), Some(&v[1].t2())).into()
-        });
+        hs = self.mid_resnet_2.piece(&mut tape, "mid.resnet1".into(), &[hs], temb_act);
         let mid = hs;
         for (i, level) in self.up.iter().enumerate() {
             let c = level.resnets[0].conv1.weight.val().dims()[0];
             for (j, resnet) in level.resnets.iter().enumerate() {
                 let (skip, sh, sw) = skips.pop().expect("skip connection");
                 debug_assert_eq!((sh, sw), (hh, ww));
-                hs = tape.piece1(format!("up{i}.resnet{j}"), &[hs, skip, temb_act], move |v| {
-                    resnet.forward(Tensor::cat(vec![v[0].t4(), v[1].t4()], 1), Some(&v[2].t2())).into()
-                });
+                hs = resnet.piece(&mut tape, format!("up{i}.resnet{j}"), &[hs, skip], temb_act);
                 if let Some(attn) = level.attentions.get(j) {
                     hs = self.transformer_pieces(
                         &mut tape,
