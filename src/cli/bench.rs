@@ -46,7 +46,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     unet_batch: usize,
     /// Training step on the CPU backend: GiB of autodiff graphs the forwards may keep instead
-    /// of recomputing them in the backward (default: half the available memory; 0 recomputes
+    /// of recomputing them in the backward (default: three quarters of the available memory; 0 recomputes
     /// everything, as on a GPU).
     #[arg(long)]
     graph_gib: Option<f64>,

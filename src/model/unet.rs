@@ -704,7 +704,7 @@ impl UNet {
 
     /// Block-wise vector–Jacobian product: the prediction for `x` at `timesteps` under
     /// `context`, and ∂⟨prediction, `g_out`⟩/∂context, with one piece's graph alive at a time
-    /// (on the host CPU backend, graphs are kept instead of recomputed while half the available
+    /// (on the host CPU backend, graphs are kept instead of recomputed while three quarters of the available
     /// memory allows: see [`GraphBudget`](super::tape::GraphBudget)).
     pub fn context_vjp(
         &self,
