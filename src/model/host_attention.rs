@@ -296,7 +296,7 @@ pub fn backward(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32], dout: &[f32], wa
     // Query blocks of one head are split into `parts` ranges, each with its own dK/dV partial
     // sums, so that there are enough tasks to keep every thread busy.
     let bh_count = s.b * s.heads;
-    let parts = (4 * rayon::current_num_threads()).div_ceil(bh_count).clamp(1, blocks);
+    let parts = (4 * rayon::current_num_threads()).div_ceil(bh_count.max(1)).clamp(1, blocks.max(1));
     let per_part = blocks.div_ceil(parts);
     let mut dq = if wq { vec![0f32; q.len()] } else { vec![] };
     let dq_ptr = SharedMut(dq.as_mut_ptr());
@@ -370,6 +370,16 @@ pub fn backward(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32], dout: &[f32], wa
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn no_queries_give_zero_gradients() {
+        use super::{AttnShape, backward, forward};
+        let s = AttnShape { b: 1, lq: 0, lk: 5, heads: 2, d: 3, causal: false, q_offset: 0 };
+        let kv = vec![1f32; 5 * 6];
+        assert!(forward(&s, &[], &kv, &kv).is_empty());
+        let [dq, dk, dv] = backward(&s, &[], &kv, &kv, &[], [true; 3]);
+        assert!(dq.is_empty() && dk == vec![0f32; 30] && dv == vec![0f32; 30]);
+    }
+
     #[test]
     fn exp_matches_libm_over_the_softmax_range() {
         use super::exp_neg;
