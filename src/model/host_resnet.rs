@@ -15,33 +15,35 @@ use rayon::prelude::*;
 
 use super::nn::exp_neg;
 
-/// Runs `f` compiled for AVX-512 or AVX2 where the CPU has them (the binary targets baseline
-/// x86-64, whose 4-wide SSE2 halves the speed of element-wise loops).
-#[inline(always)]
-fn wide<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: each variant runs only where the CPU reports its instruction set.
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return unsafe { wide512(f) };
+/// Defines `$name` calling the `#[inline(always)]` kernel `$imp` from a copy compiled for
+/// AVX-512 or AVX2 where the CPU has them (picked at run time; the binary targets baseline
+/// x86-64, whose 4-wide SSE2 halves the speed of these loops). The kernel must be a plain
+/// function: a closure is not inlined into the copies, so it would stay SSE2.
+macro_rules! wide_fn {
+    ($(#[$doc:meta])* fn $name:ident = $imp:ident($($arg:ident: $ty:ty),* $(,)?)) => {
+        $(#[$doc])*
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn v512($($arg: $ty),*) {
+                    $imp($($arg),*)
+                }
+                #[target_feature(enable = "avx2")]
+                unsafe fn v256($($arg: $ty),*) {
+                    $imp($($arg),*)
+                }
+                // SAFETY: each copy runs only where the CPU reports its instruction set.
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    return unsafe { v512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    return unsafe { v256($($arg),*) };
+                }
+            }
+            $imp($($arg),*)
         }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            return unsafe { wide256(f) };
-        }
-    }
-    f()
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn wide512<R>(f: impl FnOnce() -> R) -> R {
-    f()
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn wide256<R>(f: impl FnOnce() -> R) -> R {
-    f()
+    };
 }
 
 /// `σ(z)` without overflow, from `e^{−|z|}`.
@@ -82,6 +84,82 @@ fn dot_lanes(a: &[f32], b: &[f32]) -> f64 {
     s.iter().map(|&v| v as f64).sum::<f64>() + tail as f64
 }
 
+/// One (sample, group) of [`gn_silu_forward`]: `x`, `a`, `xh` hold the group's channels, `p`
+/// pixels each; `gamma`/`beta` its channels' affine.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn gn_fwd_group_impl(
+    x: &[f32],
+    a: &mut [f32],
+    xh: &mut [f32],
+    r: &mut f32,
+    gamma: &[f32],
+    beta: &[f32],
+    p: usize,
+    eps: f32,
+) {
+    let m = x.len();
+    let mean = (x.chunks(p).map(sum_lanes).sum::<f64>() / m as f64) as f32;
+    let mut var = 0f64;
+    for row in x.chunks(p) {
+        let mut s = [0f32; W];
+        let ch = row.chunks_exact(W);
+        let mut tail = 0f32;
+        for &v in ch.remainder() {
+            tail += (v - mean) * (v - mean);
+        }
+        for v in ch {
+            for l in 0..W {
+                let d = v[l] - mean;
+                s[l] += d * d;
+            }
+        }
+        var += s.iter().map(|&v| v as f64).sum::<f64>() + tail as f64;
+    }
+    let rs = (1.0 / (var / m as f64 + eps as f64).sqrt()) as f32;
+    *r = rs;
+    for (ci, ((x, a), xh)) in x.chunks(p).zip(a.chunks_mut(p)).zip(xh.chunks_mut(p)).enumerate() {
+        let (gm, bt) = (gamma[ci], beta[ci]);
+        for ((&x, a), xh) in x.iter().zip(a.iter_mut()).zip(xh.iter_mut()) {
+            let h = (x - mean) * rs;
+            let z = gm * h + bt;
+            *xh = h;
+            *a = z * sigmoid(z);
+        }
+    }
+}
+
+wide_fn! {
+    #[allow(clippy::too_many_arguments)]
+    fn gn_fwd_group = gn_fwd_group_impl(x: &[f32], a: &mut [f32], xh: &mut [f32], r: &mut f32, gamma: &[f32], beta: &[f32], p: usize, eps: f32)
+}
+
+/// One (sample, group) of [`gn_silu_backward`].
+#[inline(always)]
+fn gn_bwd_group_impl(da: &[f32], xh: &[f32], dx: &mut [f32], rs: f32, gamma: &[f32], beta: &[f32], p: usize) {
+    let m = da.len();
+    // dx̂ = γ·silu'(z)·da into dx; the two group sums.
+    let (mut s1, mut s2) = (0f64, 0f64);
+    for (ci, ((da, xh), dx)) in da.chunks(p).zip(xh.chunks(p)).zip(dx.chunks_mut(p)).enumerate() {
+        let (gm, bt) = (gamma[ci], beta[ci]);
+        for ((&d, &h), o) in da.iter().zip(xh).zip(dx.iter_mut()) {
+            let z = gm * h + bt;
+            let s = sigmoid(z);
+            *o = d * s * (1.0 + z * (1.0 - s)) * gm;
+        }
+        s1 += sum_lanes(dx);
+        s2 += dot_lanes(dx, xh);
+    }
+    let (m1, m2) = ((s1 / m as f64) as f32, (s2 / m as f64) as f32);
+    for (o, &h) in dx.iter_mut().zip(xh) {
+        *o = rs * (*o - m1 - h * m2);
+    }
+}
+
+wide_fn! {
+    fn gn_bwd_group = gn_bwd_group_impl(da: &[f32], xh: &[f32], dx: &mut [f32], rs: f32, gamma: &[f32], beta: &[f32], p: usize)
+}
+
 /// Group norm + SiLU forward of `x` `[N, C, P]` (`P` pixels): `a = silu(γ·x̂ + β)` with
 /// `x̂ = (x − mean)·rstd` per (sample, group). Returns `a`, `x̂` and `rstd` `[N·groups]`
 /// (what the backward needs).
@@ -105,36 +183,7 @@ pub fn gn_silu_forward(
         .enumerate()
         .for_each(|(t, (x, a, xh, r))| {
             let g = t % groups;
-            wide(|| {
-                let mean = (x.chunks(p).map(sum_lanes).sum::<f64>() / m as f64) as f32;
-                let mut var = 0f64;
-                for row in x.chunks(p) {
-                    let mut s = [0f32; W];
-                    let ch = row.chunks_exact(W);
-                    let mut tail = 0f32;
-                    for &v in ch.remainder() {
-                        tail += (v - mean) * (v - mean);
-                    }
-                    for v in ch {
-                        for l in 0..W {
-                            let d = v[l] - mean;
-                            s[l] += d * d;
-                        }
-                    }
-                    var += s.iter().map(|&v| v as f64).sum::<f64>() + tail as f64;
-                }
-                let rs = (1.0 / (var / m as f64 + eps as f64).sqrt()) as f32;
-                *r = rs;
-                for (ci, ((x, a), xh)) in x.chunks(p).zip(a.chunks_mut(p)).zip(xh.chunks_mut(p)).enumerate() {
-                    let (gm, bt) = (gamma[g * cg + ci], beta[g * cg + ci]);
-                    for ((&x, a), xh) in x.iter().zip(a.iter_mut()).zip(xh.iter_mut()) {
-                        let h = (x - mean) * rs;
-                        let z = gm * h + bt;
-                        *xh = h;
-                        *a = z * sigmoid(z);
-                    }
-                }
-            })
+            gn_fwd_group(x, a, xh, r, &gamma[g * cg..(g + 1) * cg], &beta[g * cg..(g + 1) * cg], p, eps);
         });
     (a, xh, rstd)
 }
@@ -157,24 +206,7 @@ pub fn gn_silu_backward(
     (da.par_chunks(m), xh.par_chunks(m), dx.par_chunks_mut(m), rstd.par_iter()).into_par_iter().enumerate().for_each(
         |(t, (da, xh, dx, &rs))| {
             let g = t % groups;
-            wide(|| {
-                // dx̂ = γ·silu'(z)·da into dx; the two group sums.
-                let (mut s1, mut s2) = (0f64, 0f64);
-                for (ci, ((da, xh), dx)) in da.chunks(p).zip(xh.chunks(p)).zip(dx.chunks_mut(p)).enumerate() {
-                    let (gm, bt) = (gamma[g * cg + ci], beta[g * cg + ci]);
-                    for ((&d, &h), o) in da.iter().zip(xh).zip(dx.iter_mut()) {
-                        let z = gm * h + bt;
-                        let s = sigmoid(z);
-                        *o = d * s * (1.0 + z * (1.0 - s)) * gm;
-                    }
-                    s1 += sum_lanes(dx);
-                    s2 += dot_lanes(dx, xh);
-                }
-                let (m1, m2) = ((s1 / m as f64) as f32, (s2 / m as f64) as f32);
-                for (o, &h) in dx.iter_mut().zip(xh) {
-                    *o = rs * (*o - m1 - h * m2);
-                }
-            })
+            gn_bwd_group(da, xh, dx, rs, &gamma[g * cg..(g + 1) * cg], &beta[g * cg..(g + 1) * cg], p);
         },
     );
     dx
@@ -204,6 +236,10 @@ fn shifted_add(dst: &mut [f32], src: &[f32], s: isize) {
             *d += v;
         }
     }
+}
+
+wide_fn! {
+    fn shifted_add_wide = shifted_add(dst: &mut [f32], src: &[f32], s: isize)
 }
 
 /// Patches of one sample `x` `[C, H, W]` for a `k`×`k` stride-1 convolution with padding
@@ -245,7 +281,7 @@ fn col2im(cols: &[f32], [c, h, w]: [usize; 3], k: usize, dx: &mut [f32]) {
                     continue;
                 }
                 let iy = iy as usize;
-                wide(|| shifted_add(&mut dxc[iy * w..(iy + 1) * w], &row[oy * w..(oy + 1) * w], kx as isize - pad));
+                shifted_add_wide(&mut dxc[iy * w..(iy + 1) * w], &row[oy * w..(oy + 1) * w], kx as isize - pad);
             }
         }
     });
