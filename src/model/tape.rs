@@ -177,12 +177,7 @@ impl GraphBudget {
     }
     /// Whether a piece whose inputs take `input_bytes` may keep its graph (and books it).
     pub fn admit(&mut self, input_bytes: u64) -> bool {
-        let est = input_bytes.saturating_mul(Self::SAVED_PER_INPUT);
-        let ok = self.used.saturating_add(est) <= self.limit;
-        if ok {
-            self.used += est;
-        }
-        ok
+        self.admit_bytes(input_bytes.saturating_mul(Self::SAVED_PER_INPUT))
     }
 }
 
@@ -414,7 +409,7 @@ impl<'a> Tape<'a> {
         let mut vals: Vec<Option<Val>> = vec![None; self.slots];
         let mut graphs: Vec<Option<Graph>> = Vec::with_capacity(self.pieces.len());
         let mut saved: Vec<Option<Vec<Val>>> = vec![None; self.pieces.len()];
-        let mut custom_count = 0;
+        let mut customs = 0;
         for (s, v) in inputs {
             vals[s] = Some(v);
         }
@@ -432,7 +427,7 @@ impl<'a> Tape<'a> {
             let tracked =
                 custom.is_none() && wanted && budget.admit(plain.iter().map(Val::f32_bytes).sum::<usize>() as u64);
             let (outs, graph) = if let Some((outs, kept)) = custom {
-                custom_count += 1;
+                customs += 1;
                 let bytes = kept.iter().map(Val::f32_bytes).sum::<usize>() as u64;
                 saved[graphs.len()] = budget.admit_bytes(bytes).then_some(kept);
                 (outs, None)
@@ -451,7 +446,6 @@ impl<'a> Tape<'a> {
             graphs.push(graph);
             obs.after_piece(&p.name, false);
         }
-        let customs = custom_count;
         Values { vals, graphs, saved, customs }
     }
 
@@ -474,6 +468,7 @@ impl<'a> Tape<'a> {
         }
         for (i, p) in self.pieces.iter().enumerate().rev() {
             let graph = saved.graphs.get_mut(i).and_then(Option::take);
+            let kept = saved.saved.get_mut(i).and_then(Option::take);
             let out_g: Vec<(usize, Val)> =
                 p.outputs.iter().enumerate().filter_map(|(i, &s)| grads[s].take().map(|g| (i, g))).collect();
             let wants: Vec<bool> = p.inputs.iter().map(|&s| needs[s]).collect();
@@ -481,72 +476,53 @@ impl<'a> Tape<'a> {
                 obs.after_piece(&p.name, true);
                 continue;
             }
-            if let (None, Some(custom)) = (&graph, &p.custom) {
-                let args: Vec<Val> = p
-                    .inputs
-                    .iter()
-                    .map(|&s| {
-                        saved
-                            .get(s)
-                            .map(Val::plain)
-                            .ok_or_else(|| Error::Device(format!("piece {}: slot {s} was not kept", p.name)))
+            let slot =
+                |s: Slot| saved.get(s).ok_or_else(|| Error::Device(format!("piece {}: slot {s} was not kept", p.name)));
+            // The piece's own backward where it has one and it applies (from what its forward
+            // saved, or that forward run again), else burn's autodiff (kept graph or recompute).
+            let custom = match (&graph, &p.custom) {
+                (None, Some(custom)) => {
+                    let args: Vec<Val> = p.inputs.iter().map(|&s| slot(s).map(Val::plain)).collect::<Result<_>>()?;
+                    kept.or_else(|| (custom.forward)(&args).map(|r| r.1)).map(|kept| {
+                        let mut outs: Vec<Option<Val>> = vec![None; p.outputs.len()];
+                        for (j, g) in &out_g {
+                            outs[*j] = Some(g.clone());
+                        }
+                        (custom.backward)(&args, &kept, &outs, &wants)
                     })
-                    .collect::<Result<_>>()?;
-                // What the forward saved, or the custom forward again (recompute).
-                let kept =
-                    saved.saved.get_mut(i).and_then(Option::take).or_else(|| (custom.forward)(&args).map(|r| r.1));
-                if let Some(kept) = kept {
-                    let mut outs: Vec<Option<Val>> = vec![None; p.outputs.len()];
-                    for (i, g) in &out_g {
-                        outs[*i] = Some(g.clone());
-                    }
-                    let gs = (custom.backward)(&args, &kept, &outs, &wants);
-                    assert_eq!(gs.len(), p.inputs.len(), "piece {}: wrong number of input gradients", p.name);
-                    for ((&s, gi), &w) in p.inputs.iter().zip(gs).zip(&wants) {
-                        if let (true, Some(gi)) = (w, gi) {
-                            grads[s] = Some(match grads[s].take() {
-                                Some(prev) => prev.add(gi),
-                                None => gi,
-                            });
-                        }
-                    }
-                    for &s in &p.outputs {
-                        if !wrt.contains(&s) {
-                            saved.take(s);
-                        }
-                    }
-                    obs.after_piece(&p.name, true);
-                    continue;
                 }
-            }
-            let (args, outs) = match graph {
-                // Kept by `forward_retaining`: no recompute.
-                Some(Graph { args, outs }) => (args, outs),
+                _ => None,
+            };
+            let gs: Vec<Option<Val>> = match custom {
+                Some(gs) => gs,
                 None => {
-                    let args: Vec<Val> = p
-                        .inputs
+                    let (args, outs) = match graph {
+                        // Kept by `forward_retaining`: no recompute.
+                        Some(Graph { args, outs }) => (args, outs),
+                        None => {
+                            let args: Vec<Val> = p
+                                .inputs
+                                .iter()
+                                .zip(&wants)
+                                .map(|(&s, &w)| slot(s).map(|v| if w { v.leaf() } else { v.plain() }))
+                                .collect::<Result<_>>()?;
+                            let outs = (p.f)(&args);
+                            (args, outs)
+                        }
+                    };
+                    let surrogate = out_g
                         .iter()
-                        .zip(&wants)
-                        .map(|(&s, &w)| {
-                            let v = saved
-                                .get(s)
-                                .ok_or_else(|| Error::Device(format!("piece {}: slot {s} was not kept", p.name)))?;
-                            Ok(if w { v.leaf() } else { v.plain() })
-                        })
-                        .collect::<Result<_>>()?;
-                    let outs = (p.f)(&args);
-                    (args, outs)
+                        .map(|(i, g)| outs[*i].dot(g))
+                        .reduce(|a, b| a + b)
+                        .expect("at least one output gradient");
+                    drop(outs);
+                    let g = surrogate.backward();
+                    args.iter().zip(&wants).map(|(a, &w)| if w { a.grad(&g) } else { None }).collect()
                 }
             };
-            let surrogate =
-                out_g.iter().map(|(i, g)| outs[*i].dot(g)).reduce(|a, b| a + b).expect("at least one output gradient");
-            drop(outs);
-            let g = surrogate.backward();
-            for ((&s, a), &w) in p.inputs.iter().zip(&args).zip(&wants) {
-                if !w {
-                    continue;
-                }
-                if let Some(gi) = a.grad(&g) {
+            assert_eq!(gs.len(), p.inputs.len(), "piece {}: wrong number of input gradients", p.name);
+            for ((&s, gi), &w) in p.inputs.iter().zip(gs).zip(&wants) {
+                if let (true, Some(gi)) = (w, gi) {
                     grads[s] = Some(match grads[s].take() {
                         Some(prev) => prev.add(gi),
                         None => gi,
