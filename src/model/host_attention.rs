@@ -188,57 +188,14 @@ fn softmax_grad_rows_impl(p: &[f32], ds: &mut [f32], lk: usize, scale: f32) {
     }
 }
 
-/// The row loops compiled for AVX-512 and for AVX2, picked at run time (the binary itself
-/// targets baseline x86-64, whose 4-wide SSE2 halves their speed).
-#[cfg(target_arch = "x86_64")]
-mod wide {
-    use super::AttnShape;
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn softmax_rows_512(p: &mut [f32], lk: usize, s: &AttnShape, i0: usize) {
-        super::softmax_rows_impl(p, lk, s, i0)
-    }
-    #[target_feature(enable = "avx2")]
-    pub unsafe fn softmax_rows_256(p: &mut [f32], lk: usize, s: &AttnShape, i0: usize) {
-        super::softmax_rows_impl(p, lk, s, i0)
-    }
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn softmax_grad_rows_512(p: &[f32], ds: &mut [f32], lk: usize, scale: f32) {
-        super::softmax_grad_rows_impl(p, ds, lk, scale)
-    }
-    #[target_feature(enable = "avx2")]
-    pub unsafe fn softmax_grad_rows_256(p: &[f32], ds: &mut [f32], lk: usize, scale: f32) {
-        super::softmax_grad_rows_impl(p, ds, lk, scale)
-    }
+wide_fn! {
+    /// Softmax of each `lk`-row of `p` (query rows `i0..` of the call, for the causal mask).
+    fn softmax_rows = softmax_rows_impl(p: &mut [f32], lk: usize, s: &AttnShape, i0: usize)
 }
 
-/// Softmax of each `lk`-row of `p` (query rows `i0..` of the call, for the causal mask).
-fn softmax_rows(p: &mut [f32], lk: usize, s: &AttnShape, i0: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: each variant runs only where the CPU reports its instruction set.
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return unsafe { wide::softmax_rows_512(p, lk, s, i0) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            return unsafe { wide::softmax_rows_256(p, lk, s, i0) };
-        }
-    }
-    softmax_rows_impl(p, lk, s, i0)
-}
-
-/// [`softmax_grad_row`] over each `lk`-row.
-fn softmax_grad_rows(p: &[f32], ds: &mut [f32], lk: usize, scale: f32) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: as in `softmax_rows`.
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return unsafe { wide::softmax_grad_rows_512(p, ds, lk, scale) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            return unsafe { wide::softmax_grad_rows_256(p, ds, lk, scale) };
-        }
-    }
-    softmax_grad_rows_impl(p, ds, lk, scale)
+wide_fn! {
+    /// [`softmax_grad_row`] over each `lk`-row.
+    fn softmax_grad_rows = softmax_grad_rows_impl(p: &[f32], ds: &mut [f32], lk: usize, scale: f32)
 }
 
 /// `P` of query rows `i0..i0+r` of head `h` of sample `bi` into `p` (`r×lk`, row stride `lk`).

@@ -1,5 +1,37 @@
 //! The frozen Stable Diffusion 2.1 networks as burn modules, in diffusers/transformers layout.
 //! Each has a config with `sd21()`, `sd21_base()`, `tiny()` and `demo()` constructors.
+#[cfg(not(target_arch = "wasm32"))]
+/// Defines `$name` calling the `#[inline(always)]` kernel `$imp` from a copy compiled for
+/// AVX-512 or AVX2 where the CPU has them (picked at run time; the binary targets baseline
+/// x86-64, whose 4-wide SSE2 halves the speed of these loops). The kernel must be a plain
+/// function: a closure is not inlined into the copies, so it would stay SSE2.
+macro_rules! wide_fn {
+    ($(#[$doc:meta])* fn $name:ident = $imp:ident($($arg:ident: $ty:ty),* $(,)?)) => {
+        $(#[$doc])*
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn v512($($arg: $ty),*) {
+                    $imp($($arg),*)
+                }
+                #[target_feature(enable = "avx2")]
+                unsafe fn v256($($arg: $ty),*) {
+                    $imp($($arg),*)
+                }
+                // SAFETY: each copy runs only where the CPU reports its instruction set.
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    return unsafe { v512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    return unsafe { v256($($arg),*) };
+                }
+            }
+            $imp($($arg),*)
+        }
+    };
+}
+
 pub mod clip;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod host_attention;
