@@ -22,4 +22,7 @@ elif [ "$mode" != "rustup" ]; then
   echo "wasm toolchain not set up: run scripts/setup.sh first" >&2
   return 1 2>/dev/null || exit 1
 fi
+# WebAssembly SIMD (every Chrome/Edge since 91): burn's CPU backend (the page's CPU compute
+# choice) uses it through gemm's and macerator's simd128 kernels.
+export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="${CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS:--C target-feature=+simd128}"
 export WASM_CARGO_FLAGS

@@ -12,7 +12,8 @@ use crate::{Error, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
-    /// burn's `flex` CPU backend (native only).
+    /// burn's `flex` CPU backend (natively with threads; in the browser on one core, WebAssembly
+    /// SIMD).
     Cpu,
     /// wgpu: WebGPU in the browser; Vulkan/Metal/DX12 natively.
     Wgpu,
@@ -89,14 +90,41 @@ impl AdapterInfo {
 
     /// The description of the CPU backend.
     pub fn cpu() -> Self {
-        Self { backend: "cpu".into(), name: "burn flex (CPU)".into(), ..Default::default() }
+        if cfg!(target_arch = "wasm32") {
+            Self {
+                backend: "cpu".into(),
+                name: "CPU (WebAssembly, one thread)".into(),
+                graphics_api: "WebAssembly".into(),
+                device_type: "Cpu".into(),
+                ..Default::default()
+            }
+        } else {
+            Self { backend: "cpu".into(), name: "burn flex (CPU)".into(), ..Default::default() }
+        }
     }
 }
+
+/// The most weight bytes (the manifest's total) the browser loads onto the CPU backend: the
+/// module's linear memory is at most 4 GiB and holds the weights, the activations and the
+/// loader's buffers; the demo model (10.7 MB) fits many times, the full models (≥ 1.4 GB at q8,
+/// and several GiB once a step runs) do not.
+pub const WASM_CPU_MAX_WEIGHT_BYTES: u64 = 512 << 20;
 
 /// What a GPU cannot do for dreamdist, in words (empty when nothing is missing): checked at
 /// start-up so the page can warn early and say what to do.
 pub fn limits_report(info: &AdapterInfo) -> Vec<String> {
     let mut out = vec![];
+    if info.backend == "cpu" {
+        if cfg!(target_arch = "wasm32") {
+            out.push(format!(
+                "Computing on the CPU (WebAssembly, one thread), not on a GPU: the demo model trains and samples \
+                 (slowly for larger images); the full Stable Diffusion models need WebGPU (their weights alone are \
+                 more than the {} MiB this mode loads). Switch back under Diagnostics → Compute on.",
+                WASM_CPU_MAX_WEIGHT_BYTES >> 20
+            ));
+        }
+        return out;
+    }
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     let binding = info.max_storage_buffer_binding_size.min(info.max_buffer_size);
     if binding < (128 << 20) {
@@ -140,7 +168,8 @@ pub fn limits_report(info: &AdapterInfo) -> Vec<String> {
         out.push(
             "The WebGPU adapter is a CPU emulation (no hardware GPU in use): the demo model works, the full \
              models are very slow. Enable hardware acceleration in the browser settings, or chrome://flags \
-             #enable-unsafe-webgpu on Linux."
+             #enable-unsafe-webgpu on Linux. Without a GPU, Diagnostics → Compute on → CPU (WebAssembly) \
+             trains and samples the demo model much faster than this emulation."
                 .into(),
         );
     }
@@ -165,8 +194,7 @@ pub async fn wgpu_device_async() -> Result<(Device, AdapterInfo)> {
     Ok(d)
 }
 
-/// Native: the CPU device (burn's `flex` backend).
-#[cfg(not(target_arch = "wasm32"))]
+/// The CPU device (burn's `flex` backend; in the browser it runs in the engine's worker).
 pub fn cpu_device() -> Device {
     Device::flex()
 }
@@ -174,15 +202,7 @@ pub fn cpu_device() -> Device {
 /// Whether `device` computes on the host CPU (burn's `flex` backend, with or without autodiff):
 /// some operations pick a formulation that is faster there (see `model::nn::Conv2d`).
 pub fn is_host(device: &Device) -> bool {
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        device.clone().inner() == Device::flex()
-    }
-    #[cfg(target_arch = "wasm32")]
-    {
-        let _ = device;
-        false
-    }
+    device.clone().inner() == Device::flex()
 }
 
 /// Memory the host could still give this process (`MemAvailable`), where the platform says.
@@ -225,6 +245,19 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 pub async fn read<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
     let data: TensorData = t.into_data_async().await.map_err(|e| Error::Readback(format!("{e:?}")))?;
     data.convert::<f32>().try_into_vec::<f32>().map_err(|e| Error::Readback(format!("{e:?}")))
+}
+
+/// Native, for the host kernels of the CPU backend (`model::host_attention`, `host_resnet`,
+/// `nn::host_pointwise`): the values of a float tensor as dense row-major `f32`, taken off any
+/// autodiff graph and dequantized or widened where needed. Synchronous, so the one exception
+/// to [`read`]: only for tensors already on the host (burn's `flex`), never in the browser.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn host_f32<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    use burn::tensor::{DType, FloatDType};
+    let t = t.without_autodiff();
+    let t = if matches!(t.dtype(), DType::QFloat(_)) { t.dequantize() } else { t };
+    let t = if t.dtype() == DType::F32 { t } else { t.cast(FloatDType::F32) };
+    t.into_data().try_into_vec::<f32>().expect("f32 values")
 }
 
 /// Reads a one-element tensor back as `f32`.

@@ -35,6 +35,19 @@ import { mountTrain } from "./ui/train.js";
 const $ = (sel) => document.querySelector(sel);
 const params = new URLSearchParams(location.search);
 
+// Where the engine computes: `?compute=cpu|webgpu` in the address, else the last choice made
+// under Diagnostics → Compute on, else WebGPU.
+const COMPUTE_KEY = "dreamdist.compute";
+function initialCompute() {
+  const p = params.get("compute");
+  if (p === "cpu" || p === "webgpu") return p;
+  try {
+    return localStorage.getItem(COMPUTE_KEY) === "cpu" ? "cpu" : "webgpu";
+  } catch {
+    return "webgpu";
+  }
+}
+
 const state = {
   status: "loading", // "loading" | "ready" | "error" (the engine)
   message: "Starting…",
@@ -91,6 +104,7 @@ const view = {
   adapter: $("#adapter-body"),
   selfTest: $("#selftest-body"),
   runButton: $("#selftest-run"),
+  compute: $("#compute"),
   version: $("#version"),
 };
 
@@ -114,6 +128,8 @@ function renderNow() {
   const warn = $("#status-warnings");
   warn.hidden = state.warnings.length === 0;
   replace(warn, state.warnings.map((w) => h("li", {}, w)));
+  view.compute.value = client?.compute ?? initialCompute();
+  view.compute.disabled = Boolean(state.job) || ["starting", "running", "pausing"].includes(state.train.state);
   if (state.adapter) renderAdapter(view.adapter, state.adapter);
   else if (state.status === "error") replace(view.adapter, h("p", { class: "muted" }, "No WebGPU adapter in use."));
   if (state.selfTest) {
@@ -367,7 +383,20 @@ async function afterReady() {
   }
 }
 
+let switching = null;
+
 function onRestarting(msg) {
+  if (msg.reason === "compute") {
+    switching = msg.message;
+    state.engineReady = false;
+    state.adapter = null;
+    state.warnings = [];
+    state.selfTest = null;
+    state.busy = true;
+    state.since = performance.now();
+    state.message = `The engine is ${msg.message}. Your images, settings and distributions are kept.`;
+    return;
+  }
   const now = Date.now();
   state.restarts = [...state.restarts.filter((t) => now - t < 120000), now];
   state.engineReady = false;
@@ -406,8 +435,33 @@ async function restoreAfterRestart() {
   }
   wasTraining = null;
   state.busy = false;
-  state.message = `The engine was restarted after a failure (${state.restartNote}). Everything was restored.${trainNote}`;
+  state.message = switching
+    ? `The engine now computes on ${client.compute === "cpu" ? "the CPU (WebAssembly)" : "the GPU (WebGPU)"}.${state.model.status === "ready" ? " The model and your distributions were restored." : ""}${trainNote}`
+    : `The engine was restarted after a failure (${state.restartNote}). Everything was restored.${trainNote}`;
+  switching = null;
   render();
+}
+
+/** Diagnostics → Compute on: remembers the choice and moves the engine (or, when it never
+ * started, e.g. without WebGPU, reloads the page with the choice in its address). */
+function switchCompute(compute) {
+  try {
+    localStorage.setItem(COMPUTE_KEY, compute);
+  } catch {
+    // Private mode: the address below still carries it.
+  }
+  if (!client || !state.engineReady) {
+    const url = new URL(location.href);
+    url.searchParams.set("compute", compute);
+    location.assign(url.href);
+    return;
+  }
+  if (client.compute === compute) return;
+  const t = state.train;
+  if (["starting", "running", "pausing", "paused"].includes(t.state)) wasTraining = { step: t.step };
+  if (wasTraining) t.state = "paused";
+  state.job = null;
+  client.switchCompute(compute);
 }
 
 // --- model -----------------------------------------------------------------------------------
@@ -1296,6 +1350,7 @@ function pick(im) {
 function main() {
   window.dreamdist = { runSelfTest, setExpected, debug };
   view.runButton.addEventListener("click", runSelfTest);
+  view.compute.addEventListener("change", () => switchCompute(view.compute.value));
   $("#resume-yes").addEventListener("click", acceptResume);
   $("#resume-no").addEventListener("click", discardResume);
   loadExpectedFromUrl();
@@ -1308,12 +1363,13 @@ function main() {
     });
     return;
   }
-  if (!("gpu" in navigator) || !navigator.gpu) {
+  const compute = initialCompute();
+  if (compute === "webgpu" && (!("gpu" in navigator) || !navigator.gpu)) {
     fail({ kind: "no-webgpu", message: "navigator.gpu is missing: this browser has no WebGPU support (or it is turned off)." });
     return;
   }
   try {
-    client = new EngineClient({ onEvent });
+    client = new EngineClient({ onEvent, compute });
   } catch (err) {
     fail({ kind: "worker", message: "The engine worker could not be started.", detail: String(err?.message ?? err) });
     return;

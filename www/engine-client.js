@@ -8,9 +8,13 @@
 // worker is "ready".
 
 export class EngineClient {
-  /** @param {{onEvent: (msg: object) => void}} handlers */
-  constructor({ onEvent }) {
+  /**
+   * @param {{onEvent: (msg: object) => void, compute?: "webgpu"|"cpu"}} options  compute: where
+   *   the engine computes (WebGPU, or burn's CPU backend inside the worker)
+   */
+  constructor({ onEvent, compute = "webgpu" }) {
     this.onEvent = onEvent;
+    this.compute = compute === "cpu" ? "cpu" : "webgpu";
     this.pending = new Map();
     this.nextId = 1;
     this.restarts = 0;
@@ -18,7 +22,9 @@ export class EngineClient {
   }
 
   #spawn() {
-    const worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module", name: "dreamdist-engine" });
+    const url = new URL("./worker.js", import.meta.url);
+    if (this.compute === "cpu") url.searchParams.set("compute", "cpu");
+    const worker = new Worker(url, { type: "module", name: "dreamdist-engine" });
     this.worker = worker;
     worker.addEventListener("message", ({ data }) => {
       if (worker === this.worker) this.#receive(data);
@@ -53,15 +59,27 @@ export class EngineClient {
     });
   }
 
-  /** Replaces the worker with a fresh one (after a crash). */
+  /**
+   * Moves the engine to `compute` ("webgpu" or "cpu"): a fresh worker, announced like a
+   * restart (reason "compute") so the page restores the model, distributions and training.
+   */
+  switchCompute(compute) {
+    this.compute = compute === "cpu" ? "cpu" : "webgpu";
+    this.restart("compute", `switching to ${this.compute === "cpu" ? "the CPU" : "WebGPU"}`);
+  }
+
+  /** Replaces the worker with a fresh one (after a crash, or to change where it computes). */
   restart(reason, message) {
-    this.restarts++;
+    const switching = reason === "compute";
+    if (!switching) this.restarts++;
     try {
       this.worker.terminate();
     } catch {
       // Already gone.
     }
-    const info = { kind: "crashed", message: `The engine stopped (${message}); it is being restarted.` };
+    const info = switching
+      ? { kind: "cancelled", message: `Cancelled: the engine is ${message}.` }
+      : { kind: "crashed", message: `The engine stopped (${message}); it is being restarted.` };
     for (const { reject } of this.pending.values()) reject(Object.assign(new Error(info.message), { info }));
     this.pending.clear();
     this.#spawn();

@@ -33,7 +33,8 @@
 // worker → page   {event, ...}
 //   phase {phase, message}           start-up progress
 //   ready {version, adapter}         engine created (adapter: Engine.adapterInfo() + what the
-//                                    browser itself says: {browser: {vendor, architecture, features, …}})
+//                                    browser itself says: {browser: {vendor, architecture, features, …}}
+//                                    (empty on the CPU) + compute: "webgpu" | "cpu")
 //   fatal {error}                    start-up failed
 //   selfTest {report, ms} | {error}
 //   modelProgress {progress}         loader progress (component, phase, done_bytes, total_bytes,
@@ -58,8 +59,14 @@ import { shimReport } from "./webgpu-shim.js";
 
 const WASM_MODULE = "../pkg/dreamdist.js";
 
+// Where the engine computes, from the worker's address (`worker.js?compute=cpu`, set by
+// www/engine-client.js): "webgpu" (default) or "cpu" (burn's CPU backend in this worker, for
+// machines without a GPU; no WebGPU needed).
+const COMPUTE = new URL(self.location.href).searchParams.get("compute") === "cpu" ? "cpu" : "webgpu";
+
 let engine = null;
 let wasm = null;
+let wasmExports = null;
 let crashed = false;
 let lastConsoleError = "";
 
@@ -177,14 +184,17 @@ async function probeWebGpu() {
 }
 
 async function start() {
-  phase("webgpu", "Looking for a WebGPU adapter…");
-  const browser = await probeWebGpu();
-  watchDevices();
+  let browser = {};
+  if (COMPUTE === "webgpu") {
+    phase("webgpu", "Looking for a WebGPU adapter…");
+    browser = await probeWebGpu();
+    watchDevices();
+  }
 
   phase("wasm", "Loading the WebAssembly module…");
   try {
     wasm = await import(WASM_MODULE);
-    await wasm.default();
+    wasmExports = await wasm.default();
   } catch (err) {
     throw new EngineError(
       "wasm",
@@ -193,13 +203,13 @@ async function start() {
     );
   }
 
-  phase("device", "Starting the GPU engine…");
+  phase("device", COMPUTE === "cpu" ? "Starting the CPU engine…" : "Starting the GPU engine…");
   try {
-    engine = await wasm.Engine.create();
+    engine = await wasm.Engine.create({ compute: COMPUTE });
   } catch (err) {
     throw new EngineError("device", String(err?.message ?? err), err?.stack ?? "");
   }
-  const adapter = { ...engine.adapterInfo(), browser, shim: shimReport() };
+  const adapter = { ...engine.adapterInfo(), browser, shim: shimReport(), compute: COMPUTE };
   let warnings = [];
   try {
     warnings = engine.limitsReport();
@@ -295,10 +305,16 @@ function bytesArgs(images) {
   return images.map((b) => (b instanceof Uint8Array ? b : new Uint8Array(b)));
 }
 
+/** Bytes the engine holds: the GPU memory pool's use, or on the CPU the module's linear memory
+ * (which only grows, so it is the peak so far). */
+function memoryInUse() {
+  return COMPUTE === "cpu" ? (wasmExports?.memory?.buffer.byteLength ?? null) : engine.memoryInUse();
+}
+
 async function trainEstimate({ images, names, config, steps = 2 }) {
   if (training && training.state === "running") throw new Error("a training run is in progress; pause or cancel it first");
   training = null;
-  const before = engine.memoryInUse() ?? 0;
+  const before = memoryInUse() ?? 0;
   await guarded(() => engine.trainStart(bytesArgs(images), names, config));
   const times = [];
   for (let i = 0; i < Math.max(1, steps); i++) {
@@ -306,7 +322,7 @@ async function trainEstimate({ images, names, config, steps = 2 }) {
     await guarded(() => engine.trainStep());
     times.push(performance.now() - t0);
   }
-  const memoryBytes = engine.memoryInUse() ?? 0;
+  const memoryBytes = memoryInUse() ?? 0;
   const later = times.slice(1);
   const msPerStep = later.length ? later.reduce((a, b) => a + b, 0) / later.length : times[0];
   return { firstStepMs: times[0], msPerStep, memoryBytes, memoryIncreaseBytes: Math.max(0, memoryBytes - before), steps: times.length };
@@ -456,7 +472,7 @@ const gpuCommands = {
   limitsReport: () => engine.limitsReport(),
   cacheInfo: () => guarded(() => engine.cacheInfo()),
   cacheClear: () => guarded(() => engine.cacheClear()),
-  memory: () => ({ inUse: engine.memoryInUse() }),
+  memory: () => ({ inUse: memoryInUse() }),
   addDistribution: (bytes) => guarded(() => engine.addDistribution(bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes))),
   removeDistribution: (handle) => engine.removeDistribution(handle),
   distributionBytes: (handle) => engine.distributionBytes(handle),
@@ -485,7 +501,7 @@ const controlCommands = {
   trainCancel,
   cancel,
   debugLoseDevice: () => {
-    if (!gpuDevice) throw new Error("no GPU device captured");
+    if (!gpuDevice) throw new Error(COMPUTE === "cpu" ? "the engine computes on the CPU: there is no GPU device to lose" : "no GPU device captured");
     gpuDevice.destroy();
     return true;
   },

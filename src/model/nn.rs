@@ -354,9 +354,9 @@ pub fn attention_block(
         && crate::backend::is_host(&q.device())
     {
         let s = super::host_attention::AttnShape { b, lq, lk, heads, d, causal, q_offset };
-        let vals = |t: Tensor<3>| t.into_data().try_into_vec::<f32>().expect("f32 values");
+        use crate::backend::host_f32;
         let device = q.device();
-        let out = super::host_attention::forward(&s, &vals(q), &vals(k), &vals(v));
+        let out = super::host_attention::forward(&s, &host_f32(q), &host_f32(k), &host_f32(v));
         return crate::backend::tensor(out, [b, lq, dim], &device);
     }
     // Logits, softmax and the weighted sum in f32 whatever the activations' dtype.
@@ -375,9 +375,10 @@ pub fn attention_block(
     to_dtype(out.swap_dims(1, 2).reshape([b, lq, dim]), dt)
 }
 
-/// Whether [`attention_block_vjp`] applies to a query like `q` (the host CPU backend, f32).
+/// Whether [`attention_block_vjp`] applies to a query like `q` (the host CPU backend, f32,
+/// natively: in the browser the CPU backend uses burn's autodiff).
 pub fn attention_block_has_vjp(q: &Tensor<3>) -> bool {
-    q.dtype() == DType::F32 && crate::backend::is_host(&q.device())
+    cfg!(not(target_arch = "wasm32")) && q.dtype() == DType::F32 && crate::backend::is_host(&q.device())
 }
 
 /// The backward of [`attention_block`] on the host CPU backend (f32): the gradients of
@@ -404,7 +405,7 @@ pub fn attention_block_vjp(
         let [b, lq, dim] = q.dims();
         let lk = k.dims()[1];
         let s = super::host_attention::AttnShape { b, lq, lk, heads, d: dim / heads, causal, q_offset };
-        let vals = |t: &Tensor<3>| t.clone().without_autodiff().into_data().try_into_vec::<f32>().expect("f32 values");
+        let vals = |t: &Tensor<3>| crate::backend::host_f32(t.clone());
         let grads = super::host_attention::backward(&s, &vals(q), &vals(k), &vals(v), &vals(g), want);
         let shapes = [[b, lq, dim], [b, lk, dim], [b, lk, dim]];
         let mut out = [None, None, None];
@@ -560,7 +561,7 @@ pub fn host_pointwise<const D: usize, F: Fn(f32) -> (f32, f32) + Sync>(x: Tensor
     let device = x.device();
     let shape = x.shape();
     let tracked = device.is_autodiff();
-    let vals: Vec<f32> = x.clone().into_data().try_into_vec::<f32>().expect("f32 values");
+    let vals = crate::backend::host_f32(x.clone());
     let mut y = vec![0f32; vals.len()];
     let mut g = if tracked { vec![0f32; vals.len()] } else { vec![] };
     const CHUNK: usize = 1 << 14;

@@ -155,9 +155,12 @@ impl GraphBudget {
     /// The default for `device`: three quarters of the host memory available now on the host
     /// CPU backend (booked at the estimate, which overstates what graphs take: at 512² a step
     /// booked 14 GiB of graphs and peaked at 11–12 GiB of RSS including 5.4 GiB of weights),
-    /// nothing on a GPU.
+    /// nothing on a GPU. In the browser (the CPU backend in WebAssembly, whose linear memory
+    /// never shrinks and has at most 4 GiB) a fixed 256 MiB.
     pub fn for_device(device: &burn::tensor::Device) -> Self {
-        if crate::backend::is_host(device) {
+        if crate::backend::is_host(device) && cfg!(target_arch = "wasm32") {
+            Self::new(256 << 20)
+        } else if crate::backend::is_host(device) {
             Self::new(crate::backend::host_available_bytes().unwrap_or(0) / 4 * 3)
         } else {
             Self::none()

@@ -16,6 +16,8 @@ use super::nn::{
     attention_rows, gelu_exact, silu, timestep_embedding, upsample_nearest2x,
 };
 use super::tape::{Observer, Slot, Tape, Val};
+#[cfg(not(target_arch = "wasm32"))]
+use crate::backend::host_f32;
 use crate::backend::tensor;
 use crate::weights::Vb;
 
@@ -157,15 +159,6 @@ impl ResnetBlock {
 #[cfg(not(target_arch = "wasm32"))]
 pub const HOST_RESNET_MIN_PIXELS: usize = 1024;
 
-/// The values of a tensor on the host (dense f32).
-#[cfg(not(target_arch = "wasm32"))]
-fn host_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    let t = t.without_autodiff();
-    let t = if matches!(t.dtype(), burn::tensor::DType::QFloat(_)) { t.dequantize() } else { t };
-    let t = if t.dtype() == burn::tensor::DType::F32 { t } else { t.cast(burn::tensor::FloatDType::F32) };
-    t.into_data().try_into_vec::<f32>().expect("f32 values")
-}
-
 #[cfg(not(target_arch = "wasm32"))]
 impl ResnetBlock {
     /// Whether [`forward_host`](Self::forward_host) applies to an input like `x`: the host
@@ -189,28 +182,28 @@ impl ResnetBlock {
         let co = self.conv1.weight.val().dims()[0];
         let device = xs[0].device().without_autodiff();
         let x = cat_channels(xs, n, p);
-        let norm = |g: &GroupNorm| (host_vec(g.weight.val()), host_vec(g.bias.val()));
+        let norm = |g: &GroupNorm| (host_f32(g.weight.val()), host_f32(g.bias.val()));
         let (g1, b1) = norm(&self.norm1);
         let (a1, xh1, r1) = gn_silu_forward(&x, [n, ci, p], self.norm1.groups, &g1, &b1, self.norm1.eps as f32);
-        let mut bias1 = host_vec(self.conv1.bias.val()).repeat(n);
+        let mut bias1 = host_f32(self.conv1.bias.val()).repeat(n);
         if let (Some(proj), Some(t)) = (&self.time_emb_proj, temb) {
-            let tp = host_vec(proj.forward(t.clone().without_autodiff()));
+            let tp = host_f32(proj.forward(t.clone().without_autodiff()));
             for (b, t) in bias1.iter_mut().zip(tp) {
                 *b += t;
             }
         }
-        let c1 = conv_forward(&a1, [n, ci, h, w], &host_vec(self.conv1.weight.val()), 3, &bias1);
+        let c1 = conv_forward(&a1, [n, ci, h, w], &host_f32(self.conv1.weight.val()), 3, &bias1);
         drop(a1);
         let (g2, b2) = norm(&self.norm2);
         let (a2, xh2, r2) = gn_silu_forward(&c1, [n, co, p], self.norm2.groups, &g2, &b2, self.norm2.eps as f32);
         drop(c1);
-        let bias2 = host_vec(self.conv2.bias.val()).repeat(n);
-        let mut y = conv_forward(&a2, [n, co, h, w], &host_vec(self.conv2.weight.val()), 3, &bias2);
+        let bias2 = host_f32(self.conv2.bias.val()).repeat(n);
+        let mut y = conv_forward(&a2, [n, co, h, w], &host_f32(self.conv2.weight.val()), 3, &bias2);
         drop(a2);
         match &self.conv_shortcut {
             Some(sc) => {
-                let bs = host_vec(sc.bias.val()).repeat(n);
-                let ys = conv_forward(&x, [n, ci, h, w], &host_vec(sc.weight.val()), 1, &bs);
+                let bs = host_f32(sc.bias.val()).repeat(n);
+                let ys = conv_forward(&x, [n, ci, h, w], &host_f32(sc.weight.val()), 1, &bs);
                 add_parallel(&mut y, &ys);
             }
             None => add_parallel(&mut y, &x),
@@ -238,14 +231,14 @@ impl ResnetBlock {
         let ci: usize = xs.iter().map(|x| x.dims()[1]).sum();
         let co = self.conv1.weight.val().dims()[0];
         let device = xs[0].device().without_autodiff();
-        let dy = host_vec(dy.clone());
-        let norm = |g: &GroupNorm| (host_vec(g.weight.val()), host_vec(g.bias.val()));
-        let da2 = conv_backward_input(&dy, [n, co, h, w], &host_vec(self.conv2.weight.val()), 3);
+        let dy = host_f32(dy.clone());
+        let norm = |g: &GroupNorm| (host_f32(g.weight.val()), host_f32(g.bias.val()));
+        let da2 = conv_backward_input(&dy, [n, co, h, w], &host_f32(self.conv2.weight.val()), 3);
         let (g2, b2) = norm(&self.norm2);
         let dc1 = gn_silu_backward(
             &da2,
-            &host_vec(saved[2].t4()),
-            &host_vec(saved[3].t2()),
+            &host_f32(saved[2].t4()),
+            &host_f32(saved[3].t2()),
             [n, co, p],
             self.norm2.groups,
             &g2,
@@ -265,13 +258,13 @@ impl ResnetBlock {
         if !want_x.iter().any(|&b| b) {
             return (vec![None; xs.len()], dtemb);
         }
-        let da1 = conv_backward_input(&dc1, [n, ci, h, w], &host_vec(self.conv1.weight.val()), 3);
+        let da1 = conv_backward_input(&dc1, [n, ci, h, w], &host_f32(self.conv1.weight.val()), 3);
         drop(dc1);
         let (g1, b1) = norm(&self.norm1);
         let mut dx = gn_silu_backward(
             &da1,
-            &host_vec(saved[0].t4()),
-            &host_vec(saved[1].t2()),
+            &host_f32(saved[0].t4()),
+            &host_f32(saved[1].t2()),
             [n, ci, p],
             self.norm1.groups,
             &g1,
@@ -279,7 +272,7 @@ impl ResnetBlock {
         );
         drop(da1);
         match &self.conv_shortcut {
-            Some(sc) => add_parallel(&mut dx, &conv_backward_input(&dy, [n, ci, h, w], &host_vec(sc.weight.val()), 1)),
+            Some(sc) => add_parallel(&mut dx, &conv_backward_input(&dy, [n, ci, h, w], &host_f32(sc.weight.val()), 1)),
             None => add_parallel(&mut dx, &dy),
         }
         // Split the channels back into the inputs.
@@ -306,9 +299,9 @@ impl ResnetBlock {
 #[cfg(not(target_arch = "wasm32"))]
 fn cat_channels(xs: &[Tensor<4>], n: usize, p: usize) -> Vec<f32> {
     if xs.len() == 1 {
-        return host_vec(xs[0].clone());
+        return host_f32(xs[0].clone());
     }
-    let parts: Vec<(Vec<f32>, usize)> = xs.iter().map(|x| (host_vec(x.clone()), x.dims()[1])).collect();
+    let parts: Vec<(Vec<f32>, usize)> = xs.iter().map(|x| (host_f32(x.clone()), x.dims()[1])).collect();
     let ci: usize = parts.iter().map(|p| p.1).sum();
     let mut x = Vec::with_capacity(n * ci * p);
     for s in 0..n {

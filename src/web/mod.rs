@@ -79,6 +79,8 @@ fn default_quant() -> String {
 struct CreateOptions {
     /// Plan memory as if a binding could hold at most this many bytes.
     max_binding: Option<u64>,
+    /// Where to compute: `"webgpu"` (default) or `"cpu"` (burn's CPU backend in this worker).
+    compute: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -200,14 +202,23 @@ impl Engine {
 
 #[wasm_bindgen]
 impl Engine {
-    /// Initialises WebGPU (asynchronously) and burn's runtime on it. `options.maxBinding`
-    /// plans memory for a smaller binding limit than the adapter's (tests of the defaults).
+    /// Initialises WebGPU (asynchronously) and burn's runtime on it, or with
+    /// `options.compute = "cpu"` burn's CPU backend in this worker (no GPU needed).
+    /// `options.maxBinding` plans memory for a smaller binding limit than the adapter's (tests of
+    /// the defaults).
     pub async fn create(options: JsValue) -> Result<Engine, JsValue> {
         let opts: CreateOptions =
             if options.is_undefined() || options.is_null() { Default::default() } else { from_js(options)? };
-        let (device, info) = backend::wgpu_device_async().await.map_err(js_err)?;
-        let limit = opts.max_binding.unwrap_or(info.max_storage_buffer_binding_size.min(info.max_buffer_size));
-        let plan = MemPlan::for_binding_limit(limit);
+        let (device, info, plan) = match opts.compute.as_deref().unwrap_or("webgpu") {
+            "webgpu" | "gpu" => {
+                let (device, info) = backend::wgpu_device_async().await.map_err(js_err)?;
+                let limit = opts.max_binding.unwrap_or(info.max_storage_buffer_binding_size.min(info.max_buffer_size));
+                (device, info, MemPlan::for_binding_limit(limit))
+            }
+            // Blocks of 64 MiB: the module's linear memory only grows, so keep its peak small.
+            "cpu" => (backend::cpu_device(), AdapterInfo::cpu(), MemPlan::blocks(64 << 20)),
+            other => return Err(js_err(format!("unknown compute {other:?} (expected \"webgpu\" or \"cpu\")"))),
+        };
         Ok(Engine {
             device,
             info,
@@ -229,7 +240,7 @@ impl Engine {
     /// Runs the tensor self-test twice and returns the report.
     #[wasm_bindgen(js_name = selfTest)]
     pub async fn self_test(&self) -> Result<JsValue, JsValue> {
-        let report = crate::selftest::run(&self.device, "wgpu", 2).await.map_err(js_err)?;
+        let report = crate::selftest::run(&self.device, &self.info.backend, 2).await.map_err(js_err)?;
         to_js(&report)
     }
 
@@ -240,12 +251,27 @@ impl Engine {
     pub async fn load_model(&mut self, source: JsValue, on_progress: Option<Function>) -> Result<JsValue, JsValue> {
         let source: Source = from_js(source)?;
         let mut cache = OpfsCache::open().await.map_err(js_err)?;
+        if let Source::Diffusers { model, .. } = &source
+            && backend::is_host(&self.device)
+        {
+            return Err(js_err(format!(
+                "{model} is too large to compute on the CPU in the browser: choose Compute on → GPU (WebGPU)"
+            )));
+        }
         let (manifest, base) = match &source {
             Source::Manifest { url } => (self.manifest_for(&mut cache, url).await?, url.clone()),
             Source::Diffusers { url, model, quant } => {
                 (self.convert_direct(&mut cache, url, model, quant, &on_progress).await?, url.clone())
             }
         };
+        if backend::is_host(&self.device) && manifest.total_bytes > backend::WASM_CPU_MAX_WEIGHT_BYTES {
+            return Err(js_err(format!(
+                "this model's weights are {:.0} MiB, more than the {} MiB the CPU (WebAssembly) mode can hold: \
+                 choose Compute on → GPU (WebGPU) for it",
+                manifest.total_bytes as f64 / (1u64 << 20) as f64,
+                backend::WASM_CPU_MAX_WEIGHT_BYTES >> 20
+            )));
+        }
         self.sd = None;
         self.uncond = None;
         self.trainer = None;
@@ -438,6 +464,9 @@ impl Engine {
     /// Runs one training step; returns `{step, loss, denoise, ortho}`.
     #[wasm_bindgen(js_name = trainStep)]
     pub async fn train_step(&mut self) -> Result<JsValue, JsValue> {
+        // On the CPU backend nothing inside a step awaits the browser: give the worker's event
+        // loop a turn first, so pause and cancel messages arrive between steps.
+        crate::pipeline::yield_now().await;
         let sd = self.sd.as_ref().ok_or_else(|| js_err("no model is loaded"))?;
         let (t, _) = self.trainer.as_mut().ok_or_else(|| js_err("no training run"))?;
         let s = t.step(sd).await.map_err(js_err)?;

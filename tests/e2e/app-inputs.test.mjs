@@ -139,7 +139,7 @@ test("bad inputs are refused with a reason, and the page keeps working", { timeo
   }
 });
 
-test("without WebGPU the page explains what to do and keeps working", { timeout: 300000 }, async () => {
+test("without WebGPU the page explains what to do, keeps working, and computes on the CPU when asked", { timeout: 600000 }, async () => {
   const { context, page, problems } = await launch("inputs-no-webgpu", { webgpu: false, tmpRoot: tmp });
   try {
     await page.goto(`${server.url}?model=${encodeURIComponent(model.url)}`, { waitUntil: "load" });
@@ -156,6 +156,20 @@ test("without WebGPU the page explains what to do and keeps working", { timeout:
     assert.ok(await page.isDisabled("#train-start"), "no training without an engine");
     assert.ok(await page.isDisabled("#model-load"));
     await shot(page, "inputs-05-no-webgpu");
+    assert.deepEqual(pageErrors(problems), []);
+
+    // The advice offers the CPU: following it, the page works without WebGPU (demo model).
+    assert.match(text, /compute on the CPU instead/);
+    await Promise.all([page.waitForURL(/compute=cpu/), page.click("#status-error a:has-text('compute on the CPU instead')")]);
+    await until(page, problems, () => window.dreamdist?.model?.status === "ready" || window.dreamdist?.model?.status === "error" || window.dreamdist?.status === "error", { what: "the model on the CPU", timeout: 300000 });
+    const cpu = await page.evaluate(() => ({ error: window.dreamdist.error, adapter: window.dreamdist.adapter, model: window.dreamdist.model }));
+    assert.equal(cpu.model.status, "ready", JSON.stringify({ error: cpu.error, model: cpu.model.error }));
+    assert.equal(cpu.adapter.backend, "cpu");
+    assert.equal(cpu.adapter.compute, "cpu");
+    await page.setInputFiles("#ref-input", refs.map((r) => r.path));
+    await until(page, problems, () => window.dreamdist.refs.length === 4, { what: "thumbnails on the CPU engine" });
+    assert.ok(!(await page.isDisabled("#train-start")), "training is offered on the CPU engine");
+    await shot(page, "inputs-06-no-webgpu-cpu");
     assert.deepEqual(pageErrors(problems), []);
   } finally {
     await context.close();

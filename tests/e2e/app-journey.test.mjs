@@ -2,7 +2,9 @@
 // bundled demo model when it exists, else on the tiny fixture model:
 //
 //   open (cold cache: time until the model is loaded) → upload reference images → estimate →
-//   train (loss chart updates) → pause / resume → sample at two γ values (different seeds give
+//   train a few dozen steps (loss chart updates; pause / resume on WebGPU, then Diagnostics →
+//   Compute on → CPU mid-run: the paused run moves to the CPU engine and finishes there, and
+//   back to WebGPU) → sample at two γ values (different seeds give
 //   different images; γ = 0 gives identical conditions) → γ-sweep grid → edit the template →
 //   download a PNG (its text chunks carry the CLI's keys) → export .ddist → reload with
 //   ?dist=<that file on the local server> → sample (same pixels as before) → import a .ddist the
@@ -25,10 +27,12 @@ import { cli, demoReferences, testModel } from "./lib/fixtures.mjs";
 import { decodePng, textChunks } from "./lib/png.mjs";
 import { floats, readSafetensors } from "./lib/safetensors.mjs";
 
-// SwiftShader runs a training step of even the tiny model in ~20 s (thousands of small GPU
-// dispatches, each emulated on the CPU), so CI trains a few steps; E2E_TRAIN_STEPS=36 runs the
-// "few dozen" of the issue. Sampling uses 2 DDIM steps (E2E_SAMPLE_STEPS) for the same reason.
-const STEPS = Number(process.env.E2E_TRAIN_STEPS || 4);
+// SwiftShader (the only WebGPU here) takes ~45–75 s per training step of the demo model, so the
+// run's first E2E_GPU_TRAIN_STEPS (4) steps are on WebGPU and the rest of its E2E_TRAIN_STEPS
+// (36) on the page's CPU engine (~0.3 s per step); E2E_GPU_TRAIN_STEPS=36 keeps all of them on
+// WebGPU (~45 min). Sampling uses 2 DDIM steps (E2E_SAMPLE_STEPS) for the same reason.
+const STEPS = Number(process.env.E2E_TRAIN_STEPS || 36);
+const GPU_STEPS = Math.min(STEPS, Number(process.env.E2E_GPU_TRAIN_STEPS || 4));
 const SAMPLE_STEPS = String(process.env.E2E_SAMPLE_STEPS || 2);
 const CLI_KEYS = ["model", "dists", "mix", "mix_rule", "template", "gamma", "seed", "steps", "guidance", "scheduler", "size"].sort();
 
@@ -77,6 +81,14 @@ async function download(page, selector) {
   const path = join(tmp, dl.suggestedFilename());
   await dl.saveAs(path);
   return { path, name: dl.suggestedFilename(), bytes: await readFile(path) };
+}
+
+/** Diagnostics → Compute on → `compute`; resolves once the new engine is ready, the model
+ * reloaded and the page idle again. */
+async function switchCompute(page, problems, compute) {
+  if (!(await page.evaluate(() => document.querySelector("#diag-panel").open))) await page.click("#diag-panel > summary");
+  await page.selectOption("#compute", compute);
+  await until(page, problems, (c) => window.dreamdist.adapter?.compute === c && window.dreamdist.engineReady && !window.dreamdist.busy && window.dreamdist.model.status === "ready", { what: `the switch to ${compute}`, timeout: 600000, arg: compute });
 }
 
 const galleryRgb = (page, i) => page.evaluate((k) => window.dreamdist.debug.galleryImage(k), i);
@@ -132,9 +144,9 @@ test("the full journey: model → images → train → sample → edit → expor
 
     // 4. Train, with a pause and a resume; the loss chart grows.
     const netStart = requests.length;
-    await timed(`train ${STEPS} steps (with pause/resume)`, async () => {
+    await timed(`train ${GPU_STEPS} steps on WebGPU (with pause/resume)`, async () => {
       await page.click("#train-start");
-      await until(page, problems, () => window.dreamdist.train.step >= 2 || window.dreamdist.train.error, { what: "training steps", timeout: 900000 });
+      await until(page, problems, (n) => window.dreamdist.train.step >= n || window.dreamdist.train.error, { what: "training steps", timeout: 900000, arg: Math.min(2, GPU_STEPS) });
       const pathLen = await page.evaluate(() => document.querySelector("#loss-chart .chart-raw")?.getAttribute("d")?.length ?? 0);
       assert.ok(pathLen > 10, "the loss chart shows the steps");
       await page.click("#train-pause");
@@ -145,10 +157,34 @@ test("the full journey: model → images → train → sample → edit → expor
       assert.equal(await page.evaluate(() => window.dreamdist.train.step), pausedAt, "no steps while paused");
       assert.ok(await page.isVisible("#train-resume"));
       await page.click("#train-resume");
-      // SwiftShader takes ~45 s per step idle and ~70 s under load; the wait grows with STEPS.
-      const timeout = Math.max(1800000, STEPS * 150000);
-      await until(page, problems, () => window.dreamdist.dists.length === 1 || window.dreamdist.train.error, { what: "the end of training", timeout });
+      if (GPU_STEPS < STEPS) {
+        await until(page, problems, (n) => window.dreamdist.train.step >= n || window.dreamdist.train.error, { what: "the WebGPU steps", timeout: Math.max(1800000, GPU_STEPS * 150000), arg: GPU_STEPS });
+        await page.click("#train-pause");
+        await until(page, problems, () => window.dreamdist.train.state === "paused" || window.dreamdist.train.error, { what: "the second pause" });
+      } else {
+        // SwiftShader takes ~45 s per step idle and ~70 s under load; the wait grows with STEPS.
+        const timeout = Math.max(1800000, STEPS * 150000);
+        await until(page, problems, () => window.dreamdist.dists.length === 1 || window.dreamdist.train.error, { what: "the end of training", timeout });
+      }
     });
+    if (GPU_STEPS < STEPS) {
+      const pausedAt = await page.evaluate(() => window.dreamdist.train.step);
+      const lossesBefore = await page.evaluate(() => window.dreamdist.train.losses);
+      await timed("switch to the CPU engine (paused run restored)", () => switchCompute(page, problems, "cpu"));
+      const moved = await page.evaluate(() => ({ train: window.dreamdist.train, adapter: window.dreamdist.adapter, message: window.dreamdist.message }));
+      assert.equal(moved.adapter.backend, "cpu");
+      assert.equal(moved.train.state, "paused", JSON.stringify(moved));
+      assert.equal(moved.train.step, pausedAt, "the run continues from the step it was paused at");
+      assert.equal(moved.train.losses, lossesBefore, "the loss chart keeps its points");
+      assert.match(moved.message, /now computes on the CPU[\s\S]*paused at step/);
+      await shot(page, "journey-04b-on-the-cpu");
+      await timed(`train steps ${pausedAt + 1}–${STEPS} on the CPU engine`, async () => {
+        await page.click("#train-resume");
+        await until(page, problems, () => window.dreamdist.dists.length === 1 || window.dreamdist.train.error, { what: "the end of training", timeout: 1800000 });
+      });
+      await timed("switch back to WebGPU", () => switchCompute(page, problems, "webgpu"));
+      assert.equal(await page.evaluate(() => window.dreamdist.dists.length), 1, "the trained distribution survives the switch");
+    }
     const tr = await page.evaluate(() => window.dreamdist.train);
     assert.equal(tr.error, null);
     assert.equal(tr.losses, STEPS, "one loss point per step");

@@ -1,4 +1,5 @@
-// The WebGPU adapter card: name, API, device type, features and the limits that bound model size.
+// The WebGPU adapter card: name, API, device type, features and the limits that bound model size
+// (or, when the engine computes on the CPU, what that means).
 import { h, replace, yesNo } from "./dom.js";
 import { int, kib, mib } from "./format.js";
 
@@ -30,6 +31,19 @@ function feature(enabled, browser, name) {
 export function renderAdapter(root, adapter) {
   if (!adapter) {
     replace(root, h("p", { class: "muted" }, "No adapter."));
+    return;
+  }
+  if (adapter.backend === "cpu") {
+    replace(
+      root,
+      h("p", { class: "adapter-name" }, adapterName(adapter)),
+      h(
+        "p",
+        { class: "note" },
+        "The engine computes on the CPU, in this tab's background worker, with WebAssembly SIMD: no GPU is used. " +
+          "The demo model trains and samples; the full models need the GPU (WebGPU).",
+      ),
+    );
     return;
   }
   const b = adapter.browser ?? {};

@@ -4,9 +4,17 @@ import { elapsed } from "./format.js";
 
 const FLAG = "chrome://flags/#enable-unsafe-webgpu";
 
+/** A link to this page computing on the CPU (the engine needs no WebGPU then). */
+function cpuLink() {
+  const url = new URL(location.href);
+  url.searchParams.set("compute", "cpu");
+  return h("a", { href: url.href }, "compute on the CPU instead");
+}
+
 /** Advice per error kind: a title and a list of steps (strings or nodes). */
 function advice(error) {
   const code = (text) => h("code", {}, text);
+  const noGpu = ["No GPU at hand? The demo model also runs without WebGPU: ", cpuLink(), " (WebAssembly; slower, the full models need a GPU)."];
   switch (error.kind) {
     case "insecure-context":
       return {
@@ -23,6 +31,7 @@ function advice(error) {
           "dreamdist runs on your GPU through WebGPU. Use a recent Chrome or Edge (version 113 or newer) on Windows, macOS or ChromeOS, or Chrome on Android.",
           ["On Linux, WebGPU is behind a flag: enable ", code(FLAG), " (and ", code("chrome://flags/#enable-vulkan"), "), then restart the browser."],
           ["Check ", code("chrome://gpu"), " for WebGPU's status."],
+          noGpu,
         ],
       };
     case "no-adapter":
@@ -32,6 +41,7 @@ function advice(error) {
           "In Chrome or Edge, make sure hardware acceleration is on (Settings → System), then restart the browser.",
           ["On Linux, WebGPU must be enabled at ", code(FLAG), " (and ", code("chrome://flags/#enable-vulkan"), "); see ", code("chrome://gpu"), " for WebGPU's status."],
           "A blocklisted GPU or driver also hides the adapter: updating the graphics driver can help.",
+          noGpu,
         ],
       };
     case "wasm":
@@ -48,6 +58,7 @@ function advice(error) {
         steps: [
           "The WebGPU adapter was found, but creating a device on it failed (see the details).",
           ["Check ", code("chrome://gpu"), "; restarting the browser or updating the graphics driver can help."],
+          noGpu,
         ],
       };
     case "selftest":

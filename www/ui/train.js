@@ -103,7 +103,9 @@ export function mountTrain(ctx) {
     $("train-estimate-text").textContent = t.estimating
       ? "Measuring two training steps on your images…"
       : e
-        ? `Estimate (measured on this GPU): about ${dur(e.msPerStep)} per step, so ${dur(e.msPerStep * e.steps)} for ${e.steps} steps (the first step took ${dur(e.firstStepMs)}, compiling GPU programs). GPU memory: about ${mib(e.memoryBytes)} in use after a step (the model takes ${mib(state.model.info?.residentBytes ?? 0)}).`
+        ? state.adapter?.backend === "cpu"
+          ? `Estimate (measured on this CPU): about ${dur(e.msPerStep)} per step, so ${dur(e.msPerStep * e.steps)} for ${e.steps} steps (the first step took ${dur(e.firstStepMs)}). Memory: the engine's WebAssembly memory is ${mib(e.memoryBytes)} after a step.`
+          : `Estimate (measured on this GPU): about ${dur(e.msPerStep)} per step, so ${dur(e.msPerStep * e.steps)} for ${e.steps} steps (the first step took ${dur(e.firstStepMs)}, compiling GPU programs). GPU memory: about ${mib(e.memoryBytes)} in use after a step (the model takes ${mib(state.model.info?.residentBytes ?? 0)}).`
         : "";
     const err = $("train-error");
     err.hidden = !t.error;
