@@ -197,14 +197,7 @@ fn rel(a: &[f32], b: &[f32]) -> f32 {
 /// chunks: the block-wise walk equals one graph.
 #[test]
 fn blockwise_unet_equals_one_graph_across_levels_and_chunks() {
-    let cfg = UNetConfig {
-        block_out_channels: vec![32, 32, 64],
-        cross_attention: vec![true, false, true],
-        heads: vec![2, 2, 4],
-        layers_per_block: 1,
-        sample_size: 8,
-        ..UNetConfig::tiny()
-    };
+    let cfg = UNetConfig::tiny_three_levels();
     let device = cpu_device();
     let unet = UNet::new(&Vb::new(RandomSource::new(9), &device), &cfg);
     let mut rng = dreamdist::rng::Rng::new(2);

@@ -300,18 +300,30 @@ fn host_gelu_matches_the_erf_formula_and_its_gradient() {
     let worst = got.iter().zip(&want).zip(&xs).map(|((a, b), x)| (a - b).abs() / x.abs().max(1.0)).fold(0f32, f32::max);
     eprintln!("host GELU: max difference {worst:.2e} per unit of |x|");
     assert!(worst <= 5e-7, "{worst}");
+    assert_same_gradient("host GELU", &xs, &device, &gelu_exact, &formula);
+}
+
+/// The gradients of `Σ f(x)·r` and `Σ reference(x)·r` (r a fixed pattern) at `xs` agree to 1e-5
+/// (relative, floor 1), and the check has teeth: `f` off by 1% would fail it.
+fn assert_same_gradient(
+    what: &str,
+    xs: &[f32],
+    device: &burn::tensor::Device,
+    f: &dyn Fn(burn::tensor::Tensor<1>) -> burn::tensor::Tensor<1>,
+    reference: &dyn Fn(burn::tensor::Tensor<1>) -> burn::tensor::Tensor<1>,
+) {
+    let n = xs.len();
     let ad = device.clone().autodiff();
     let r = backend::tensor((0..n).map(|i| ((i % 7) as f32 - 3.0) * 0.3).collect(), [n], &ad);
-    let grad = |f: &dyn Fn(Tensor<1>) -> Tensor<1>| {
-        let leaf = backend::tensor(xs.clone(), [n], &ad).require_grad();
+    let grad = |f: &dyn Fn(burn::tensor::Tensor<1>) -> burn::tensor::Tensor<1>| {
+        let leaf = backend::tensor(xs.to_vec(), [n], &ad).require_grad();
         let g = (f(leaf.clone()) * r.clone()).sum().backward();
         block_on(read(leaf.grad(&g).unwrap())).unwrap()
     };
-    let (got, want) = (grad(&gelu_exact), grad(&formula));
+    let (got, want) = (grad(f), grad(reference));
     let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(0f32, f32::max);
-    eprintln!("host GELU gradient: max difference {worst:.2e}");
-    assert!(worst <= 1e-5, "{worst}");
-    // The check has teeth: a GELU off by 1% would fail it.
+    eprintln!("{what} gradient: max difference {worst:.2e}");
+    assert!(worst <= 1e-5, "{what}: {worst}");
     assert!(got.iter().zip(&want).any(|(a, b)| (1.01 * a - b).abs() / b.abs().max(1.0) > 1e-5));
 }
 
@@ -331,18 +343,7 @@ fn host_silu_matches_burns_silu_and_its_gradient() {
     let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs() / b.abs().max(1e-3)).fold(0f32, f32::max);
     eprintln!("host SiLU: max relative difference {worst:.2e}");
     assert!(worst <= 1e-6, "{worst}");
-    let ad = device.clone().autodiff();
-    let r = backend::tensor((0..n).map(|i| ((i % 7) as f32 - 3.0) * 0.3).collect(), [n], &ad);
-    let grad = |f: &dyn Fn(Tensor<1>) -> Tensor<1>| {
-        let leaf = backend::tensor(xs.clone(), [n], &ad).require_grad();
-        let g = (f(leaf.clone()) * r.clone()).sum().backward();
-        block_on(read(leaf.grad(&g).unwrap())).unwrap()
-    };
-    let (got, want) = (grad(&silu), grad(&reference));
-    let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(0f32, f32::max);
-    eprintln!("host SiLU gradient: max difference {worst:.2e}");
-    assert!(worst <= 1e-5, "{worst}");
-    assert!(got.iter().zip(&want).any(|(a, b)| (1.01 * a - b).abs() / b.abs().max(1.0) > 1e-5));
+    assert_same_gradient("host SiLU", &xs, &device, &silu, &reference);
 }
 
 /// The CPU backend's convolution as one product over patches (deep levels, 1×1) equals burn's
@@ -570,14 +571,7 @@ fn host_backwards_through_the_unet_tape_equal_one_graph() {
     use dreamdist::model::{MemPlan, UNet, UNetConfig};
     use dreamdist::tokenizer::MAX_LEN;
     use dreamdist::weights::{RandomSource, Vb};
-    let cfg = UNetConfig {
-        block_out_channels: vec![32, 32, 64],
-        cross_attention: vec![true, false, true],
-        heads: vec![2, 2, 4],
-        layers_per_block: 1,
-        sample_size: 8,
-        ..UNetConfig::tiny()
-    };
+    let cfg = UNetConfig::tiny_three_levels();
     let device = open(BackendKind::Cpu);
     let unet = UNet::new(&Vb::new(RandomSource::new(9), &device), &cfg);
     let s = 24;

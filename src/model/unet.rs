@@ -103,6 +103,18 @@ impl UNetConfig {
         }
     }
 
+    /// [`tiny`](Self::tiny) with three levels (attention on the outer and inner ones) and one
+    /// layer per block, so skip tensors cross two resolutions: the tests of the block-wise walk.
+    pub fn tiny_three_levels() -> Self {
+        Self {
+            block_out_channels: vec![32, 32, 64],
+            cross_attention: vec![true, false, true],
+            heads: vec![2, 2, 4],
+            layers_per_block: 1,
+            ..Self::tiny()
+        }
+    }
+
     /// The multiple of the latent side the architecture needs (each level halves it).
     pub fn latent_multiple(&self) -> usize {
         1 << (self.block_out_channels.len() - 1)
