@@ -389,6 +389,8 @@ function onRestarting(msg) {
   if (msg.reason === "compute") {
     switching = msg.message;
     state.engineReady = false;
+    // Measured on the other engine: no longer says anything about this one.
+    state.train.estimate = null;
     state.adapter = null;
     state.warnings = [];
     state.selfTest = null;

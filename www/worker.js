@@ -264,11 +264,15 @@ async function loadModel(source) {
   training = null;
   loadCancelled = false;
   let last = 0;
+  let lastComponent = null;
   const info = await guarded(() =>
     engine.loadModel(source, (progress) => {
       const now = performance.now();
-      if (now - last > 100 || progress.phase === "done") {
+      // At most ten a second, but every component's first event passes (a load from the cache
+      // takes a fraction of a second, and the page's table lists the components it heard of).
+      if (now - last > 100 || progress.phase === "done" || progress.component !== lastComponent) {
         last = now;
+        lastComponent = progress.component;
         post({ event: "modelProgress", progress });
       }
       return !loadCancelled;

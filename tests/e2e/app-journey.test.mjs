@@ -177,6 +177,10 @@ test("the full journey: model → images → train → sample → edit → expor
       assert.equal(moved.train.step, pausedAt, "the run continues from the step it was paused at");
       assert.equal(moved.train.losses, lossesBefore, "the loss chart keeps its points");
       assert.match(moved.message, /now computes on the CPU[\s\S]*paused at step/);
+      // The model came back from the cache; the table lists every component of it, not only
+      // the ones whose progress happened to be forwarded.
+      assert.deepEqual(await page.locator("#model-progress tbody th").allTextContents(), ["text_encoder", "unet", "vae"]);
+      assert.equal(await page.textContent("#train-estimate-text"), "", "an estimate measured on WebGPU is not shown for the CPU engine");
       await shot(page, "journey-04b-on-the-cpu");
       await timed(`train steps ${pausedAt + 1}–${STEPS} on the CPU engine`, async () => {
         await page.click("#train-resume");
