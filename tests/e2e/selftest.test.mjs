@@ -3,7 +3,9 @@
 // 1. The page, in headless Chromium with WebGPU on SwiftShader, runs the self-test in its worker;
 //    every op of every round must match the native CPU backend
 //    (`$DREAMDIST_BIN selftest --backend cpu --json`). Screenshot: $E2E_OUT/selftest.png.
-// 2. Without WebGPU (Chromium without --enable-unsafe-webgpu: requestAdapter() returns null) the
+// 2. The same with the page's CPU engine (`?compute=cpu`: burn's CPU backend in WebAssembly), in
+//    a Chromium without WebGPU. Screenshot: $E2E_OUT/selftest-cpu-engine.png.
+// 3. Without WebGPU (Chromium without --enable-unsafe-webgpu: requestAdapter() returns null) the
 //    page must say so clearly and report status "error". Screenshot: $E2E_OUT/no-webgpu.png.
 //
 // Environment: DREAMDIST_BIN (default ~/.cache/dreamdist/target/release/dreamdist),
@@ -161,7 +163,9 @@ after(async () => {
   if (tmpRoot) await rm(tmpRoot, { recursive: true, force: true });
 });
 
-test("WebGPU self-test in Chromium matches the native CPU backend in every round", { timeout: PAGE_TIMEOUT_MS + 600000 }, async () => {
+/** The page's self-test on `compute` ("webgpu": its GPU engine; "cpu": its WebAssembly CPU
+ * engine, in a browser without WebGPU) against the native CPU backend, every op of every round. */
+async function selfTestMatchesNative(compute) {
   for (const f of ["pkg/dreamdist.js", "pkg/dreamdist_bg.wasm"]) {
     assert.ok(existsSync(join(ROOT, f)), `${f} is missing: build the web app with scripts/build-web.sh`);
   }
@@ -178,10 +182,12 @@ test("WebGPU self-test in Chromium matches the native CPU backend in every round
   assert.ok(expected.rounds.length >= 2, "the native self-test must run at least 2 rounds");
   await writeFile(join(OUT, "selftest-cpu.json"), JSON.stringify(expected, null, 2));
 
-  const { context, page, problems } = await openPage("webgpu", WEBGPU_FLAGS);
+  const gpu = compute === "webgpu";
+  const shotPath = join(OUT, gpu ? "selftest.png" : "selftest-cpu-engine.png");
+  const { context, page, problems } = await openPage(compute, gpu ? WEBGPU_FLAGS : BASE_FLAGS);
   try {
     t0 = Date.now();
-    await page.goto(baseUrl, { waitUntil: "load" });
+    await page.goto(gpu ? baseUrl : `${baseUrl}?compute=cpu`, { waitUntil: "load" });
     const state = await waitForState(
       page,
       problems,
@@ -197,35 +203,38 @@ test("WebGPU self-test in Chromium matches the native CPU backend in every round
       selfTest: window.dreamdist.selfTest,
       version: window.dreamdist.version,
     }));
-    if (result.selfTest) await writeFile(join(OUT, "selftest-webgpu.json"), JSON.stringify(result.selfTest, null, 2));
+    if (result.selfTest) await writeFile(join(OUT, gpu ? "selftest-webgpu.json" : "selftest-cpu-engine.json"), JSON.stringify(result.selfTest, null, 2));
     if (state.status === "error") {
-      await page.screenshot({ path: join(OUT, "selftest.png"), fullPage: true });
+      await page.screenshot({ path: shotPath, fullPage: true });
       assert.fail(`the page reports an error: ${JSON.stringify(result.error, null, 2)}\nconsole errors:\n${problems.join("\n")}`);
     }
 
     // Hand the CPU reference to the page (its table then shows pass/fail per op) and take the
     // screenshot before asserting, so a failure leaves a picture behind.
     await page.evaluate((exp) => window.dreamdist.setExpected(exp, "native CPU backend (dreamdist selftest --backend cpu --json)"), expected);
-    await page.screenshot({ path: join(OUT, "selftest.png"), fullPage: true });
-    log(`screenshot: ${join(OUT, "selftest.png")}`);
+    await page.screenshot({ path: shotPath, fullPage: true });
+    log(`screenshot: ${shotPath}`);
 
     // Adapter.
     const a = result.adapter;
     assert.ok(a && typeof a === "object", "window.dreamdist.adapter is missing");
     log(`adapter: ${JSON.stringify(a)}`);
-    assert.equal(a.backend, "wgpu");
-    for (const k of ["maxBufferSize", "maxStorageBufferBindingSize", "maxComputeWorkgroupStorageSize", "maxComputeInvocationsPerWorkgroup"]) {
-      assert.ok(Number.isFinite(a[k]) && a[k] > 0, `adapter.${k} = ${a[k]}`);
+    assert.equal(a.compute, compute);
+    assert.equal(a.backend, gpu ? "wgpu" : "cpu");
+    if (gpu) {
+      for (const k of ["maxBufferSize", "maxStorageBufferBindingSize", "maxComputeWorkgroupStorageSize", "maxComputeInvocationsPerWorkgroup"]) {
+        assert.ok(Number.isFinite(a[k]) && a[k] > 0, `adapter.${k} = ${a[k]}`);
+      }
+      assert.equal(typeof a.shaderF16, "boolean");
     }
-    assert.equal(typeof a.shaderF16, "boolean");
 
     // Self-test: every op of every round against the CPU.
     const report = result.selfTest;
-    assert.equal(report.backend, "wgpu");
+    assert.equal(report.backend, gpu ? "wgpu" : "cpu");
     assert.ok(report.rounds.length >= 2, `the browser ran ${report.rounds.length} round(s), expected at least 2`);
     report.rounds.forEach((r, i) => log(`round ${i + 1}: ${r.ms.toFixed(1)} ms (${r.ops.map((o) => `${o.name} ${o.ms.toFixed(1)}`).join(", ")})`));
     const bad = mismatches(report, expected);
-    assert.deepEqual(bad, [], `WebGPU results differ from the CPU backend:\n${bad.join("\n")}`);
+    assert.deepEqual(bad, [], `${compute} results in the browser differ from the native CPU backend:\n${bad.join("\n")}`);
 
     // The page's own check must agree.
     const check = await page.evaluate(() => window.dreamdist.check);
@@ -241,7 +250,13 @@ test("WebGPU self-test in Chromium matches the native CPU backend in every round
   } finally {
     await context.close();
   }
-});
+}
+
+test("WebGPU self-test in Chromium matches the native CPU backend in every round", { timeout: PAGE_TIMEOUT_MS + 600000 }, () => selfTestMatchesNative("webgpu"));
+
+test("the CPU engine's self-test (WebAssembly, a browser without WebGPU) matches the native CPU backend in every round", { timeout: PAGE_TIMEOUT_MS + 600000 }, () =>
+  selfTestMatchesNative("cpu"),
+);
 
 test("without WebGPU the page shows a clear error", { timeout: 300000 }, async () => {
   const { context, page, problems } = await openPage("no-webgpu", BASE_FLAGS);
