@@ -127,7 +127,15 @@ function renderNow() {
   });
   const warn = $("#status-warnings");
   warn.hidden = state.warnings.length === 0;
-  replace(warn, state.warnings.map((w) => h("li", {}, w)));
+  // A software WebGPU adapter: offer the CPU engine in one click (much faster there).
+  const emulated = state.adapter?.backend === "wgpu" && state.adapter?.deviceType === "Cpu" && state.engineReady;
+  replace(
+    warn,
+    state.warnings.map((w) => h("li", {}, w)),
+    emulated
+      ? h("li", { class: "warning-action" }, h("button", { id: "use-cpu", type: "button", class: "button", onclick: () => switchCompute("cpu") }, "Compute on the CPU instead"))
+      : null,
+  );
   view.compute.value = client?.compute ?? initialCompute();
   view.compute.disabled = Boolean(state.job) || ["starting", "running", "pausing"].includes(state.train.state);
   if (state.adapter) renderAdapter(view.adapter, state.adapter);

@@ -55,9 +55,9 @@ test(`trained samples match the references' attributes better than untrained one
     await until(page, problems, () => window.dreamdist?.model?.status === "ready" && window.dreamdist.status === "ready", { what: "the model" });
     assert.equal(await page.evaluate(() => window.dreamdist.adapter.compute), "webgpu", "a fresh profile computes on WebGPU");
     if (COMPUTE === "cpu") {
-      // Diagnostics → Compute on → CPU: a fresh engine, the model restored on it.
-      await page.click("#diag-panel > summary");
-      await page.selectOption("#compute", "cpu");
+      // The warnings offer the CPU engine (SwiftShader is a software adapter): a fresh engine,
+      // the model restored on it. (The journey switches through Diagnostics → Compute on.)
+      await page.click("#use-cpu");
       await until(page, problems, () => window.dreamdist.adapter?.compute === "cpu" && window.dreamdist.engineReady && !window.dreamdist.busy && window.dreamdist.model.status === "ready", { what: "the switch to the CPU" });
       const d = await page.evaluate(() => ({ adapter: window.dreamdist.adapter, warnings: window.dreamdist.warnings, message: window.dreamdist.message }));
       assert.equal(d.adapter.backend, "cpu");
