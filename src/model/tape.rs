@@ -158,12 +158,12 @@ impl GraphBudget {
     /// nothing on a GPU. In the browser (the CPU backend in WebAssembly, whose linear memory
     /// never shrinks and has at most 4 GiB) a fixed 256 MiB.
     pub fn for_device(device: &burn::tensor::Device) -> Self {
-        if crate::backend::is_host(device) && cfg!(target_arch = "wasm32") {
-            Self::new(256 << 20)
-        } else if crate::backend::is_host(device) {
-            Self::new(crate::backend::host_available_bytes().unwrap_or(0) / 4 * 3)
-        } else {
+        if !crate::backend::is_host(device) {
             Self::none()
+        } else if cfg!(target_arch = "wasm32") {
+            Self::new(256 << 20)
+        } else {
+            Self::new(crate::backend::host_available_bytes().unwrap_or(0) / 4 * 3)
         }
     }
     /// At most `limit` bytes.
