@@ -934,3 +934,71 @@ pub fn sigma_of(file: &crate::distribution::file::DistFile) -> SigmaEstimate {
         _ => SigmaEstimate::Population,
     }
 }
+
+/// What the training proof computed: one DreamDistribution step's loss and raw gradient ∂L/∂V
+/// (the browser and the native CPU backend run the same function on the same shards; see
+/// scripts/proofs/).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainProofReport {
+    /// Image side.
+    pub size: usize,
+    /// Prompts K, tokens M, samples S.
+    pub k: usize,
+    /// Tokens per prompt.
+    pub m: usize,
+    /// Reparameterised samples.
+    pub samples: usize,
+    /// Loss, its denoising part and its orthogonality part.
+    pub loss: [f32; 3],
+    /// The initial prompts V (seeded), `[K, M, H]`.
+    pub v0: crate::pipeline::Summary,
+    /// ∂L/∂V, `[K, M, H]`.
+    pub gradient: crate::pipeline::Summary,
+    /// Milliseconds: setup (reference latent, prompts) and the gradient.
+    pub ms: Vec<(String, f64)>,
+    /// Largest device memory in use seen at any piece boundary of the gradient (bytes), where
+    /// the backend reports it.
+    pub peak_bytes: Option<u64>,
+}
+
+/// The training proof: one step of the paper's recipe with `k` prompts of `m` tokens and
+/// `samples` samples on a seeded random reference image at `size`² — the exact gradient ∂L/∂V
+/// (block-wise, within the model's memory plan) and its loss. The same seed gives the same
+/// image, prompts and draws on every backend.
+pub async fn proof_step(
+    sd: &StableDiffusion,
+    tokenizer: &ClipTokenizer,
+    size: usize,
+    seed: u64,
+    k: usize,
+    m: usize,
+    samples: usize,
+) -> Result<TrainProofReport> {
+    sd.spec.check_size(size)?;
+    let device = sd.device();
+    let t0 = crate::backend::now_ms();
+    let mut rng = Rng::new(seed);
+    let img: Tensor<4> = tensor(rng.uniform_vec(3 * size * size, -1.0, 1.0), [1, 3, size, size], &device);
+    let cfg = TrainConfig { k, m, samples, resolution: size, seed, ..TrainConfig::for_recipe(Recipe::Paper) };
+    let mut t = Trainer::new(cfg, sd, tokenizer, &[img]).await?;
+    let v0 = read(t.prompts()).await?;
+    let draws = t.next_draws(sd.spec.clip.hidden_size);
+    let t1 = crate::backend::now_ms();
+    let mut peak = crate::model::tape::PeakMemory::new(&device);
+    let (g, loss) = t.gradient(sd, &draws, &mut peak).await?;
+    let g = read(g).await?;
+    peak.note();
+    let t2 = crate::backend::now_ms();
+    let shape = [k, m, sd.spec.clip.hidden_size];
+    Ok(TrainProofReport {
+        size,
+        k,
+        m,
+        samples,
+        loss,
+        v0: crate::pipeline::Summary::of(&shape, &v0),
+        gradient: crate::pipeline::Summary::of(&shape, &g),
+        ms: vec![("setup".to_string(), t1 - t0), ("gradient".to_string(), t2 - t1)],
+        peak_bytes: device.memory_pool_usage().map(|_| peak.bytes),
+    })
+}

@@ -6,6 +6,9 @@
 //
 //   node scripts/proofs/fullsize.mjs MODEL_DIR_UNDER_REPO SIZE NATIVE_JSON OUT_JSON
 //
+// PROOF_TRAIN="K M S" runs one training step instead (`dreamdist proof --train --k K --m M
+// --samples S` is the native reference) and compares its loss and raw gradient ∂L/∂V.
+//
 // PROOF_LOAD_ONLY=1 stops after the model load (timings, GPU residency and peak wasm memory;
 // NATIVE_JSON is not read).
 //
@@ -21,6 +24,7 @@ const { chromium } = await import(join(ROOT, "tests/e2e/node_modules/playwright-
 const [model, size, nativePath, outPath] = process.argv.slice(2);
 const TIMEOUT_MS = Number(process.env.PROOF_TIMEOUT_S ?? 7200) * 1000;
 const LOAD_ONLY = process.env.PROOF_LOAD_ONLY === "1";
+const TRAIN = process.env.PROOF_TRAIN ? process.env.PROOF_TRAIN.trim().split(/\s+/).map(Number) : null;
 
 const server = spawn(process.execPath, [join(ROOT, "www/serve.mjs"), "0"], { cwd: ROOT });
 const url = await new Promise((res, rej) => {
@@ -42,7 +46,8 @@ page.on("console", (m) => {
   if (m.type() === "error") console.error("[page]", m.text().slice(0, 400));
 });
 const t0 = Date.now();
-await page.goto(`${url}scripts/proofs/page/index.html?model=/${model.replace(/^\/+/, "")}/&size=${size}&seed=0${LOAD_ONLY ? "&proof=0" : ""}`);
+await page.goto(`${url}scripts/proofs/page/index.html?model=/${model.replace(/^\/+/, "")}/&size=${size}&seed=0${LOAD_ONLY ? "&proof=0" : ""}${
+  TRAIN ? `&train=1&k=${TRAIN[0]}&m=${TRAIN[1]}&samples=${TRAIN[2]}` : ""}`);
 let last = "";
 const timer = setInterval(async () => {
   const text = await page.textContent("#log").catch(() => "");
@@ -68,18 +73,26 @@ if (LOAD_ONLY) {
 }
 const native = JSON.parse(await readFile(nativePath, "utf8"));
 const result = { size: Number(size), wall_s: (Date.now() - t0) / 1000, browser, native, comparison: {} };
-if (browser.ok) {
+const compare = (b, n) => {
+  const scale = Math.max(...n.samples.map(Math.abs), 1e-30);
+  const maxDiff = Math.max(...b.samples.map((x, i) => Math.abs(x - n.samples[i])));
+  return {
+    finite: b.finite,
+    shape: b.shape,
+    sample_max_rel: maxDiff / scale,
+    sum_abs_rel: Math.abs(b.sum_abs - n.sum_abs) / Math.max(n.sum_abs, 1e-30),
+  };
+};
+if (browser.ok && TRAIN) {
+  const b = browser.train;
+  result.comparison = {
+    v0: compare(b.v0, native.v0),
+    gradient: compare(b.gradient, native.gradient),
+    loss: b.loss.map((x, i) => ({ browser: x, native: native.loss[i], rel: Math.abs(x - native.loss[i]) / Math.max(Math.abs(native.loss[i]), 1e-30) })),
+  };
+} else if (browser.ok) {
   for (const part of ["text", "unet", "decode"]) {
-    const b = browser.proof[part];
-    const n = native[part];
-    const scale = Math.max(...n.samples.map(Math.abs), 1e-30);
-    const maxDiff = Math.max(...b.samples.map((x, i) => Math.abs(x - n.samples[i])));
-    result.comparison[part] = {
-      finite: b.finite,
-      shape: b.shape,
-      sample_max_rel: maxDiff / scale,
-      sum_abs_rel: Math.abs(b.sum_abs - n.sum_abs) / Math.max(n.sum_abs, 1e-30),
-    };
+    result.comparison[part] = compare(browser.proof[part], native[part]);
   }
 }
 await writeFile(outPath, JSON.stringify(result, null, 1));

@@ -6,6 +6,11 @@
 #                                               prompt, one guided UNet step and a VAE decode at
 #                                               SIZE² (default 512), compared with the native CPU
 #                                               backend on the same shards → docs/proof-browser-SIZE.md
+#   scripts/proofs/fullsize.sh train-browser [SIZE] [K M S]
+#                                               one full-size training step (loss and raw gradient
+#                                               ∂L/∂V, default K=2 M=4 S=1) in headless Chromium with
+#                                               WebGPU's default limits, compared with the native CPU
+#                                               backend → docs/proof-train-browser-SIZE.md
 #   scripts/proofs/fullsize.sh train-wgpu [SIZE] one full-size training gradient on native wgpu
 #                                               (lavapipe here) vs the CPU backend, with the wgpu
 #                                               step's peak pool memory → docs/proof-train-wgpu-SIZE.md
@@ -90,5 +95,52 @@ open(path, "w").write(text + kept)
 print(text)
 PY
     ;;
-  *) echo "usage: $0 browser|train-wgpu [SIZE]" >&2; exit 2 ;;
+  train-browser)
+    read -r k m s <<< "${3:-2} ${4:-4} ${5:-1}"
+    ln -sfn "$DREAMDIST_CACHE/proof" target/proof
+    echo "proof: native CPU training step at ${size}² (K=$k M=$m S=$s)" >&2
+    t0=$SECONDS
+    "$BIN" proof --train --model sd21-base --manifest "$model_dir" --size "$size" --k "$k" --m "$m" --samples "$s" > "target/proof-train-native-$size.json"
+    native_s=$((SECONDS - t0))
+    echo "proof: browser training step at ${size}² (headless Chromium, SwiftShader)" >&2
+    PROOF_TRAIN="$k $m $s" node scripts/proofs/fullsize.mjs "target/proof/sd21-base-q8" "$size" "target/proof-train-native-$size.json" "target/proof-train-browser-$size.json"
+    python3 - "$size" "$native_s" "$machine" <<'PY'
+import json, os, sys
+size, native_s, machine = sys.argv[1], sys.argv[2], sys.argv[3]
+r = json.load(open(f"target/proof-train-browser-{size}.json"))
+b, n, c = r["browser"], r["native"], r["comparison"]
+tr = b["train"]
+ms = dict((k, v) for k, v in tr["ms"])
+nms = dict((k, v) for k, v in n["ms"])
+lines = [f"# Full-size training step in the browser at {size}²", "",
+  f"Produced by `scripts/proofs/fullsize.sh train-browser {size} {tr['k']} {tr['m']} {tr['samples']}` on {machine}: headless Chromium (WebGPU on SwiftShader, i.e. the CPU), "
+  f"the device clamped to WebGPU's default limits (binding {b['adapter']['maxStorageBufferBindingSize']} B, buffer {b['adapter']['maxBufferSize']} B), "
+  f"full-size sd21-base with random weights converted to q8 ({b['model']['report'].get('shards')} shards), served from 127.0.0.1. "
+  f"One DreamDistribution step (paper recipe, K={tr['k']}, M={tr['m']}, S={tr['samples']}) on a seeded random {size}² reference image: "
+  f"the loss and the raw gradient ∂L/∂V (block-wise backward, `train::proof_step`), compared with `dreamdist proof --train` on the native CPU backend with the same shards ({native_s} s).", "",
+  "| | browser | native CPU | relative difference |", "|---|---|---|---|"]
+for name, l in zip(["loss", "denoising part", "orthogonality part"], c["loss"]):
+    lines.append(f"| {name} | {l['browser']:.6f} | {l['native']:.6f} | {l['rel']:.2e} |")
+for part in ["v0", "gradient"]:
+    x = c[part]
+    label = {"v0": "initial prompts V", "gradient": "∂L/∂V"}[part]
+    lines.append(f"| {label} {x['shape']}, finite {x['finite']}: max difference of 64 sampled values / max sample; Σ\|x\| | | | {x['sample_max_rel']:.2e}; {x['sum_abs_rel']:.2e} |")
+t = b["timings"]
+peak = tr.get("peak_bytes")
+lines += ["", f"Times: browser setup (reference latent, prompts) {ms.get('setup', 0)/1000:.1f} s, gradient {ms.get('gradient', 0)/1000:.1f} s; "
+  f"native CPU setup {nms.get('setup', 0)/1000:.1f} s, gradient {nms.get('gradient', 0)/1000:.1f} s. "
+  f"Engine start {t['engine_ms']/1000:.1f} s; model load {t['load_ms']/1000:.1f} s; whole browser run {r['wall_s']:.0f} s.",
+  "", f"GPU memory resident after load: {b['model']['residentBytes']/2**30:.2f} GiB; peak in use at the step's piece boundaries: "
+  + (f"{peak/2**30:.2f} GiB." if peak else "not reported."),
+  "", "Peak wasm memory (linear memory, read after each phase): " + "; ".join(f"{k} {v/2**20:.0f} MiB" for k, v in b.get("wasm_memory_bytes", {}).items()) + ".",
+  "", f"Shim: {json.dumps(b['shim'])}."]
+text = "\n".join(lines) + "\n"
+path = f"docs/proof-train-browser-{size}.md"
+old = open(path).read() if os.path.exists(path) else ""
+kept = old[old.index("\n## "):] if "\n## " in old else ""
+open(path, "w").write(text + kept)
+print(text)
+PY
+    ;;
+  *) echo "usage: $0 browser|train-browser|train-wgpu [SIZE]" >&2; exit 2 ;;
 esac

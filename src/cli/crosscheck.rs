@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use burn::tensor::Tensor;
 use clap::Args;
 use dreamdist::backend::{BackendKind, block_on, now_ms, read, tensor};
-use dreamdist::model::tape::Observer;
+use dreamdist::model::tape::PeakMemory;
 use dreamdist::rng::Rng;
 use dreamdist::tokenizer::ClipTokenizer;
 use dreamdist::train::{Recipe, TrainConfig, Trainer};
@@ -33,16 +33,6 @@ pub struct CrosscheckArgs {
     /// Plan the wgpu side as if a binding held at most this many bytes (134217728 = WebGPU's default).
     #[arg(long, default_value_t = 134_217_728)]
     max_binding: u64,
-}
-
-struct Peak(burn::tensor::Device, u64);
-
-impl Observer for Peak {
-    fn after_piece(&mut self, _name: &str, _backward: bool) {
-        if let Some(u) = self.0.memory_pool_usage() {
-            self.1 = self.1.max(u.bytes_in_use);
-        }
-    }
 }
 
 /// One backend's result: initial V, ∂L/∂V, loss, milliseconds, peak pool bytes.
@@ -71,7 +61,7 @@ fn step(kind: BackendKind, a: &CrosscheckArgs) -> anyhow::Result<StepResult> {
     let mut t = block_on(Trainer::new(cfg, &sd, &tok, &[img]))?;
     let v0 = block_on(read(t.prompts()))?;
     let draws = t.next_draws(sd.spec.clip.hidden_size);
-    let mut peak = Peak(device.clone(), 0);
+    let mut peak = PeakMemory::new(&device);
     let t0 = now_ms();
     let (g, [loss, ..]) = block_on(t.gradient(&sd, &draws, &mut peak))?;
     let g = block_on(read(g))?;
@@ -81,9 +71,9 @@ fn step(kind: BackendKind, a: &CrosscheckArgs) -> anyhow::Result<StepResult> {
         info.name,
         info.graphics_api,
         ms / 1000.0,
-        peak.1 as f64 / (1u64 << 30) as f64
+        peak.bytes as f64 / (1u64 << 30) as f64
     );
-    Ok(StepResult { v0, grad: g, loss, ms, peak: peak.1 })
+    Ok(StepResult { v0, grad: g, loss, ms, peak: peak.bytes })
 }
 
 pub fn run(a: CrosscheckArgs) -> anyhow::Result<()> {

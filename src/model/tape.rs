@@ -272,6 +272,35 @@ pub trait Observer {
 
 impl Observer for () {}
 
+/// An [`Observer`] that keeps the largest device memory in use seen at any piece boundary
+/// (devices without a pool report, e.g. the host CPU backend, leave it at 0).
+pub struct PeakMemory {
+    device: burn::tensor::Device,
+    /// Largest `bytes_in_use` seen so far.
+    pub bytes: u64,
+}
+
+impl PeakMemory {
+    /// Starts at the memory in use now.
+    pub fn new(device: &burn::tensor::Device) -> Self {
+        let mut p = Self { device: device.clone(), bytes: 0 };
+        p.note();
+        p
+    }
+    /// Samples the pool now.
+    pub fn note(&mut self) {
+        if let Some(u) = self.device.memory_pool_usage() {
+            self.bytes = self.bytes.max(u.bytes_in_use);
+        }
+    }
+}
+
+impl Observer for PeakMemory {
+    fn after_piece(&mut self, _name: &str, _backward: bool) {
+        self.note();
+    }
+}
+
 impl<'a> Tape<'a> {
     /// An empty tape whose piece names start with `prefix.` (e.g. `unet.`).
     pub fn new(prefix: &str) -> Self {

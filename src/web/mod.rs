@@ -690,6 +690,24 @@ impl Engine {
         let r = crate::pipeline::proof(self.sd()?, &self.tokenizer, size, seed as u64).await.map_err(js_err)?;
         to_js(&r)
     }
+
+    /// The training proof on the loaded model: one step's loss and raw gradient ∂L/∂V with `k`
+    /// prompts of `m` tokens and `samples` samples at `size`² (see `train::proof_step`), to
+    /// compare with `dreamdist proof --train`.
+    #[wasm_bindgen(js_name = proofTrain)]
+    pub async fn proof_train(
+        &self,
+        size: usize,
+        seed: u32,
+        k: usize,
+        m: usize,
+        samples: usize,
+    ) -> Result<JsValue, JsValue> {
+        let r = crate::train::proof_step(self.sd()?, &self.tokenizer, size, seed as u64, k, m, samples)
+            .await
+            .map_err(js_err)?;
+        to_js(&r)
+    }
 }
 
 /// A cache clear without an engine (the page's "clear storage" when the GPU is unusable).

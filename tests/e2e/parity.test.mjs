@@ -5,6 +5,9 @@
 //    within 1e-4 relative error, the block-wise gradients included.
 // 2. dreamdist's proof computation (prompt encoding, a guided UNet step, a VAE decode) in the page
 //    equals the native CPU backend's run on the same shards (`dreamdist proof`).
+// 3. So does one training step's loss and raw gradient ∂L/∂V (`dreamdist proof --train`: the
+//    block-wise backward through the UNet and the text encoder, the σ/μ reparameterisation and
+//    the orthogonality loss), the same function the full-size browser training proof runs.
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { mkdir, rm } from "node:fs/promises";
@@ -66,4 +69,29 @@ test("the proof computation equals the native CPU backend", { timeout: 1800_000 
     console.log(`[proof] ${part}: max sampled difference ${(diff / scale).toExponential(2)} of the largest`);
     assert.ok(diff <= 1e-4 * scale, `${part}: ${diff} vs scale ${scale}`);
   }
+});
+
+test("one training step's loss and gradient equal the native CPU backend", { timeout: 1800_000 }, async () => {
+  const args = ["--size", "32", "--k", "3", "--m", "2", "--samples", "2"];
+  const { stdout } = await run(BIN, ["proof", "--train", "--model", "tiny", "--manifest", MODEL, ...args], { cwd: ROOT });
+  const native = JSON.parse(stdout);
+  const web = await page.evaluate(() => window.call("proofTrain", 32, 0, 3, 2, 2));
+  // f32 values: the CLI prints them shortest-round-trip, the page passes them widened to f64.
+  assert.deepEqual(web.v0.samples.map(Math.fround), native.v0.samples.map(Math.fround), "the same seeded prompts");
+  for (const [i, name] of ["loss", "denoise", "ortho"].entries()) {
+    const rel = Math.abs(web.loss[i] - native.loss[i]) / Math.abs(native.loss[i]);
+    console.log(`[train proof] ${name}: page ${web.loss[i]}, native ${native.loss[i]} (relative ${rel.toExponential(2)})`);
+    assert.ok(Number.isFinite(web.loss[i]) && rel <= 1e-5, `${name}: ${web.loss[i]} vs ${native.loss[i]}`);
+  }
+  const g = web.gradient;
+  const n = native.gradient;
+  assert.deepEqual(g.shape, [3, 2, n.shape[2]]);
+  assert.ok(g.finite, "gradient finite");
+  const scale = Math.max(...n.samples.map(Math.abs));
+  assert.ok(scale > 0, "the native gradient is not zero");
+  const diff = Math.max(...g.samples.map((x, i) => Math.abs(x - n.samples[i])));
+  const sumRel = Math.abs(g.sum_abs - n.sum_abs) / n.sum_abs;
+  console.log(`[train proof] ∂L/∂V: max sampled difference ${(diff / scale).toExponential(2)} of the largest, Σ|g| ${sumRel.toExponential(2)}`);
+  assert.ok(diff <= 1e-4 * scale, `gradient: ${diff} vs scale ${scale}`);
+  assert.ok(sumRel <= 1e-4, `Σ|g|: ${sumRel}`);
 });

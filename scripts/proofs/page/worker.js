@@ -1,6 +1,7 @@
 // The full-size proof in the browser: clamp the device to WebGPU's default limits (128 MiB per
 // binding, 256 MiB per buffer), load a converted model from the local server, and run
-// dreamdist's proof computation (prompt encoding, one guided UNet step, a VAE decode).
+// dreamdist's proof computation (prompt encoding, one guided UNet step, a VAE decode), or with
+// train=1 one training step's loss and gradient.
 import { clampLimits, shimReport } from "/www/webgpu-shim.js";
 
 const post = (line) => self.postMessage({ event: "log", line });
@@ -43,7 +44,13 @@ self.onmessage = async ({ data: p }) => {
     post(`model loaded in ${out.timings.load_ms.toFixed(0)} ms; resident ${(info.residentBytes / 2 ** 30).toFixed(2)} GiB`);
     if (p.proof !== "0") {
       t0 = t();
-      out.proof = await engine.proof(Number(p.size ?? 512), Number(p.seed ?? 0));
+      if (p.train === "1") {
+        // One training step's loss and raw gradient (dreamdist proof --train).
+        post(`training step at ${p.size}² (K=${p.k}, M=${p.m}, S=${p.samples})…`);
+        out.train = await engine.proofTrain(Number(p.size ?? 256), Number(p.seed ?? 0), Number(p.k ?? 2), Number(p.m ?? 4), Number(p.samples ?? 1));
+      } else {
+        out.proof = await engine.proof(Number(p.size ?? 512), Number(p.seed ?? 0));
+      }
       out.timings.proof_ms = t() - t0;
       out.wasm_memory_bytes.proof = wasmBytes();
     }

@@ -26,6 +26,9 @@ const commands = {
   async proof(size, seed) {
     return engine.proof(size, seed);
   },
+  async proofTrain(size, seed, k, m, samples) {
+    return engine.proofTrain(size, seed, k, m, samples);
+  },
 };
 
 self.onmessage = async ({ data }) => {
