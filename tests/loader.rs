@@ -5,6 +5,8 @@
 //! errors (404, a server copy that stays corrupt or short, too many failures) name the file.
 //! Every loaded model computes exactly what the model loaded from the directory computes, and a
 //! second load from the same cache makes no shard request at all (the server's log says so).
+//! Direct mode reads a diffusers-layout repository over HTTP in ranges and converts it to the
+//! same shards as the CLI.
 //!
 //! Needs `node` (≥ 20) on PATH (or `NODE=/path/to/node`).
 use std::io::{BufRead, BufReader, Read};
@@ -17,7 +19,8 @@ use dreamdist::model::{ClipConfig, ModelSpec, StableDiffusion, VaeConfig};
 use dreamdist::weights::convert::{CheckpointSource, Quant, convert};
 use dreamdist::weights::loader::{LoadReport, NoCache, Progress, Retry, load_shards};
 use dreamdist::weights::manifest::{COMPONENTS, Manifest};
-use dreamdist::weights::native::{AnyTransport, DirCache, DirSink, fetch_manifest};
+use dreamdist::weights::native::{AnyTransport, DirCache, DirSink, HttpTransport, fetch_manifest};
+use dreamdist::weights::remote::{FILES, RemoteSafetensors};
 use dreamdist::weights::{ManifestSource, sha256_hex};
 use serde_json::{Value, json};
 
@@ -94,8 +97,17 @@ fn fixture() -> &'static Fixture {
         let mut tr = AnyTransport::for_base(&base);
         let m = block_on(fetch_manifest(&mut tr, &base)).unwrap();
         let mut src = ManifestSource::new(m, &device);
-        block_on(load_shards(&mut src, &base, &COMPONENTS, &mut tr, &mut NoCache, RETRY, &mut |_| {}, &|| false))
-            .unwrap();
+        block_on(load_shards(
+            &mut src,
+            &base,
+            &COMPONENTS,
+            &mut tr,
+            &mut NoCache::default(),
+            RETRY,
+            &mut |_| {},
+            &|| false,
+        ))
+        .unwrap();
         let sd = StableDiffusion::from_manifest_source(&mut src, &device).unwrap();
         let outputs = outputs(&sd);
         eprintln!(
@@ -256,6 +268,15 @@ fn assert_cache_verified(cache: &Path) {
         let bytes = std::fs::read(cache.join(format!("{}.bin", s.sha256))).unwrap();
         assert_eq!(sha256_hex(&bytes), s.sha256, "cached {} is not verified", s.file);
     }
+    assert_no_partial_files(cache);
+}
+
+/// No `<sha>.part` (a shard still streaming in) is left in the cache directory.
+fn assert_no_partial_files(cache: &Path) {
+    let parts: Vec<String> = std::fs::read_dir(cache)
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect())
+        .unwrap_or_default();
+    assert!(!parts.iter().any(|n| n.ends_with(".part")), "partial files left in the cache: {parts:?}");
 }
 
 /// The largest shard (most room for mid-body faults).
@@ -538,6 +559,25 @@ fn a_shard_that_stays_corrupt_blames_the_server_copy() {
     let log = server.log();
     assert_eq!(requests_for(&log, &s.file).len(), RETRY.corrupt as usize + 1);
     assert!(!cache.join(format!("{}.bin", s.sha256)).exists(), "a corrupt download must never be cached");
+    assert_no_partial_files(&cache);
+}
+
+#[test]
+fn a_partial_file_left_by_an_interrupted_load_is_replaced() {
+    let f = fixture();
+    let s = big();
+    let server = FaultServer::start(&f.dir, json!([]));
+    let cache = tmp("stale-part-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    // What a load killed mid-shard leaves: the first bytes of the shard under `.part` (never
+    // under `.bin`, so no later load can take it for a cached shard).
+    let head = std::fs::read(f.dir.join(&s.file)).unwrap()[..(s.bytes / 3) as usize].to_vec();
+    std::fs::write(cache.join(format!("{}.part", s.sha256)), head).unwrap();
+    let (sd, r) = load(&server.url, &cache, RETRY).unwrap();
+    show("stale .part", &r);
+    assert_eq!((r.from_cache, r.cache_corrupt, r.downloaded), (0, 0, f.manifest.shards.len()));
+    assert_same_model(&sd, "after a stale .part");
+    assert_cache_verified(&cache);
 }
 
 #[test]
@@ -559,6 +599,7 @@ fn a_server_copy_shorter_than_the_manifest_is_a_final_error() {
     );
     assert!(reqs.len() <= RETRY.attempts as usize, "bounded: {} requests", reqs.len());
     assert!(!cache.join(format!("{}.bin", s.sha256)).exists());
+    assert_no_partial_files(&cache);
 }
 
 /// A copy of the model whose largest shard is `delta` bytes longer (> 0) or shorter (< 0).
@@ -683,4 +724,68 @@ fn all_faults_in_one_load_then_a_cached_reload() {
     assert_eq!((r.from_cache, r.requests), (n, 0));
     assert_eq!(shard_requests(&server.log()), 0);
     assert_same_model(&sd, "cached reload");
+}
+
+/// The fixture's safetensors in a diffusers repository's layout (what direct mode reads).
+fn diffusers_repo() -> PathBuf {
+    let repo = tmp("diffusers-repo");
+    let fx = root().join("tests/fixtures/tiny");
+    for ((_, path), src) in FILES.iter().zip(["text_encoder.safetensors", "unet.safetensors", "vae.safetensors"]) {
+        let dst = repo.join(path);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(fx.join(src), &dst).unwrap();
+    }
+    repo
+}
+
+#[test]
+fn direct_mode_reads_a_diffusers_repository_in_ranges_and_converts_like_the_cli() {
+    let f = fixture();
+    let repo = diffusers_repo();
+    let server = FaultServer::start(&repo, json!([]));
+    let open = |file: &str, rewrites| {
+        block_on(RemoteSafetensors::open(HttpTransport::default(), &format!("{}{file}", server.url), rewrites)).unwrap()
+    };
+    let mut t = open(FILES[0].1, ClipConfig::key_rewrites());
+    let mut u = open(FILES[1].1, &[]);
+    let mut v = open(FILES[2].1, VaeConfig::key_rewrites());
+    let out = tmp("direct-out");
+    let mut sink = DirSink { dir: out.clone() };
+    let device = backend::cpu_device();
+    let m = block_on(convert(
+        &device,
+        &ModelSpec::tiny(),
+        Quant::Q8,
+        [&mut t, &mut u, &mut v],
+        &mut sink,
+        &server.url,
+        |_, _, _| {},
+    ))
+    .unwrap();
+    // Byte-identical shards and the same model identity as converting the local files.
+    let shards = |m: &Manifest| m.shards.iter().map(|s| (s.file.clone(), s.sha256.clone())).collect::<Vec<_>>();
+    assert_eq!(shards(&m), shards(&f.manifest));
+    assert_eq!(m.identity, f.manifest.identity);
+    // Every request was a range: the header, then one range per tensor — never a whole file.
+    let log = server.log();
+    let gets: Vec<&Value> = log.iter().filter(|e| e["method"] == "GET").collect();
+    let tensors: usize = m.tensors.len();
+    eprintln!("direct mode: {} GETs for {tensors} tensors", gets.len());
+    assert!(gets.iter().all(|e| e["range"].is_string() && e["status"] == 206), "{gets:?}");
+    assert_eq!(gets.len(), 3 * 2 + tensors, "two header reads per file and one range per tensor");
+    for ((_, path), fetched) in FILES.iter().zip([t.fetched, u.fetched, v.fetched]) {
+        let size = std::fs::metadata(repo.join(path)).unwrap().len();
+        assert!(fetched <= size, "{path}: fetched {fetched} of {size} bytes");
+    }
+    // And the model loads from the converted shards and computes what the fixture computes.
+    std::fs::write(out.join("manifest.json"), m.to_json().unwrap()).unwrap();
+    let base = out.display().to_string();
+    let mut tr = AnyTransport::for_base(&base);
+    let mut src = ManifestSource::new(m, &device);
+    block_on(load_shards(&mut src, &base, &COMPONENTS, &mut tr, &mut NoCache::default(), RETRY, &mut |_| {}, &|| {
+        false
+    }))
+    .unwrap();
+    let sd = StableDiffusion::from_manifest_source(&mut src, &device).unwrap();
+    assert_same_model(&sd, "direct mode");
 }

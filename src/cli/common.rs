@@ -83,7 +83,7 @@ pub fn load_manifest(
             base,
             &dreamdist::weights::manifest::COMPONENTS,
             &mut transport,
-            &mut dreamdist::weights::loader::NoCache,
+            &mut dreamdist::weights::loader::NoCache::default(),
             Retry::default(),
             &mut progress,
             &|| false,

@@ -200,15 +200,31 @@ async fn list(dir: &FileSystemDirectoryHandle) -> Result<Vec<String>> {
     }
 }
 
-/// Verified shards in OPFS (`dreamdist/weights/<sha256>.bin`).
+/// Verified shards in OPFS (`dreamdist/weights/<sha256>.bin`; `<sha256>.part` while one
+/// downloads, renamed once verified).
 pub struct OpfsCache {
     dir: FileSystemDirectoryHandle,
+    writing: Option<Writing>,
+    reading: Option<FileSystemSyncAccessHandle>,
+}
+
+/// A shard being written: its `.part` file, the open handle and the write position.
+struct Writing {
+    sha: String,
+    file: FileSystemFileHandle,
+    handle: FileSystemSyncAccessHandle,
+    at: u64,
+}
+
+fn storage_write_err(e: JsValue) -> Error {
+    let msg = js_msg(&e);
+    if msg.contains("Quota") { Error::Device(format!("QuotaExceeded: {msg}")) } else { opfs_err(e) }
 }
 
 impl OpfsCache {
     /// Opens (creates) the cache.
     pub async fn open() -> Result<Self> {
-        Ok(Self { dir: opfs_dir("weights").await? })
+        Ok(Self { dir: opfs_dir("weights").await?, writing: None, reading: None })
     }
 
     /// Cached shards: (sha256, bytes).
@@ -290,19 +306,119 @@ async fn quota_message(needed: usize, e: Error) -> Error {
 }
 
 impl ShardCache for OpfsCache {
-    async fn get(&mut self, sha256: &str) -> Result<Option<Vec<u8>>> {
-        read_file(&self.dir, &Self::name(sha256)?).await
+    async fn open(&mut self, sha256: &str) -> Result<Option<u64>> {
+        self.close().await;
+        let fh = match JsFuture::from(self.dir.get_file_handle(&Self::name(sha256)?)).await {
+            Ok(f) => f.unchecked_into::<FileSystemFileHandle>(),
+            Err(_) => return Ok(None),
+        };
+        let h: FileSystemSyncAccessHandle =
+            JsFuture::from(fh.create_sync_access_handle()).await.map_err(opfs_err)?.unchecked_into();
+        match h.get_size() {
+            Ok(size) => {
+                self.reading = Some(h);
+                Ok(Some(size as u64))
+            }
+            Err(e) => {
+                h.close();
+                Err(opfs_err(e))
+            }
+        }
     }
-    async fn put(&mut self, sha256: &str, bytes: &[u8]) -> Result<()> {
-        match write_file(&self.dir, &Self::name(sha256)?, bytes).await {
-            Ok(()) => Ok(()),
-            Err(e) => Err(quota_message(bytes.len(), e).await),
+    async fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let h = self.reading.as_ref().ok_or_else(|| Error::Weights("no cached shard is open".into()))?;
+        let opts = FileSystemReadWriteOptions::new();
+        opts.set_at(offset as f64);
+        let n = h.read_with_u8_array_and_options(buf, &opts).map_err(opfs_err)? as usize;
+        if n != buf.len() {
+            return Err(Error::Weights(format!("a cached shard ended at byte {}", offset + n as u64)));
+        }
+        Ok(())
+    }
+    async fn close(&mut self) {
+        if let Some(h) = self.reading.take() {
+            h.close();
+        }
+    }
+    async fn begin(&mut self, sha256: &str, _len: u64) -> Result<()> {
+        self.abort().await;
+        Self::name(sha256)?;
+        let name = format!("{sha256}.part");
+        let opts = FileSystemGetFileOptions::new();
+        opts.set_create(true);
+        let file: FileSystemFileHandle = JsFuture::from(self.dir.get_file_handle_with_options(&name, &opts))
+            .await
+            .map_err(opfs_err)?
+            .unchecked_into();
+        let handle: FileSystemSyncAccessHandle =
+            JsFuture::from(file.create_sync_access_handle()).await.map_err(opfs_err)?.unchecked_into();
+        if let Err(e) = handle.truncate_with_f64(0.0) {
+            handle.close();
+            return Err(opfs_err(e));
+        }
+        self.writing = Some(Writing { sha: sha256.to_string(), file, handle, at: 0 });
+        Ok(())
+    }
+    fn append(&mut self, bytes: &[u8]) -> Result<()> {
+        let w = self.writing.as_mut().ok_or_else(|| Error::Weights("no shard is being written".into()))?;
+        let opts = FileSystemReadWriteOptions::new();
+        opts.set_at(w.at as f64);
+        let n = w.handle.write_with_u8_array_and_options(bytes, &opts).map_err(storage_write_err)? as usize;
+        if n != bytes.len() {
+            return Err(Error::Device(format!("wrote {n} of {} bytes", bytes.len())));
+        }
+        w.at += n as u64;
+        Ok(())
+    }
+    async fn commit(&mut self) -> Result<()> {
+        let w = self.writing.take().ok_or_else(|| Error::Weights("no shard is being written".into()))?;
+        let flushed = w.handle.flush().map_err(storage_write_err);
+        w.handle.close();
+        let part = format!("{}.part", w.sha);
+        let name = Self::name(&w.sha)?;
+        let renamed = match flushed {
+            Ok(()) => {
+                // A stale copy under the final name (a corrupt one was already deleted) would
+                // block the rename.
+                let _ = JsFuture::from(self.dir.remove_entry(&name)).await;
+                rename(&w.file, &name).await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = renamed {
+            let _ = JsFuture::from(self.dir.remove_entry(&part)).await;
+            return Err(e);
+        }
+        let h: FileSystemSyncAccessHandle =
+            JsFuture::from(w.file.create_sync_access_handle()).await.map_err(opfs_err)?.unchecked_into();
+        self.reading = Some(h);
+        Ok(())
+    }
+    async fn abort(&mut self) {
+        if let Some(w) = self.writing.take() {
+            w.handle.close();
+            let _ = JsFuture::from(self.dir.remove_entry(&format!("{}.part", w.sha))).await;
         }
     }
     async fn remove(&mut self, sha256: &str) -> Result<()> {
+        self.close().await;
         let _ = JsFuture::from(self.dir.remove_entry(&Self::name(sha256)?)).await;
         Ok(())
     }
+    async fn explain_write_error(&mut self, needed: u64, e: Error) -> Error {
+        quota_message(needed as usize, e).await
+    }
+}
+
+/// Renames an OPFS file in its directory (`FileSystemHandle.move(name)`, Chrome/Edge 110+).
+async fn rename(file: &FileSystemFileHandle, name: &str) -> Result<()> {
+    let f: js_sys::Function = Reflect::get(file, &"move".into())
+        .ok()
+        .and_then(|f| f.dyn_into().ok())
+        .ok_or_else(|| Error::Device("this browser cannot rename files in its private storage (OPFS)".into()))?;
+    let p: js_sys::Promise = f.call1(file, &name.into()).map_err(opfs_err)?.unchecked_into();
+    JsFuture::from(p).await.map_err(opfs_err)?;
+    Ok(())
 }
 
 /// The converter's sink in direct mode: shards go straight into the cache by their SHA-256.

@@ -1,6 +1,7 @@
 //! Loading converted models: each shard comes from the cache or the network, is verified
-//! (size and SHA-256, hashed while it streams), cached, and turned into tensors at once; no more
-//! than about one shard is held in memory, and weights go straight to device buffers.
+//! (size and SHA-256, hashed while it streams into the cache), then read back from the cache one
+//! tensor at a time and turned into tensors: a shard is never held in memory as a whole (except
+//! with [`NoCache`]), and weights go straight to device buffers.
 //!
 //! The fetch logic is shared by the native loader and the browser's: [`Transport`] (HTTP with
 //! `Range`, a directory, or the browser's `fetch`) and [`ShardCache`] (a directory, or the
@@ -64,26 +65,81 @@ pub trait Transport {
     async fn sleep_ms(&mut self, ms: u64);
 }
 
-/// Stores verified shards by SHA-256.
+/// Stores verified shards by SHA-256, written as they stream in and read back in pieces, so a
+/// load never needs a whole shard in memory: the bytes go to storage as they arrive, and the
+/// tensors are built from ranges read back after the shard is verified.
 #[allow(async_fn_in_trait)]
 pub trait ShardCache {
-    /// A cached shard, if present.
-    async fn get(&mut self, sha256: &str) -> Result<Option<Vec<u8>>>;
-    /// Stores a verified shard (errors say how much space is missing).
-    async fn put(&mut self, sha256: &str, bytes: &[u8]) -> Result<()>;
+    /// Opens a cached shard for [`read_at`](Self::read_at); its size, or `None` when absent.
+    async fn open(&mut self, sha256: &str) -> Result<Option<u64>>;
+    /// Fills `buf` from byte `offset` of the open shard (an error if the shard is shorter).
+    async fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()>;
+    /// Closes the open shard.
+    async fn close(&mut self);
+    /// Starts writing shard `sha256` of `len` bytes (a partial earlier copy is replaced). It is
+    /// not visible to [`open`](Self::open) until [`commit`](Self::commit).
+    async fn begin(&mut self, sha256: &str, len: u64) -> Result<()>;
+    /// Appends bytes to the shard being written. Synchronous: the transport calls it as bytes
+    /// arrive.
+    fn append(&mut self, bytes: &[u8]) -> Result<()>;
+    /// Makes the shard being written (verified by the caller) a cached shard, and opens it.
+    async fn commit(&mut self) -> Result<()>;
+    /// Drops the shard being written.
+    async fn abort(&mut self);
     /// Deletes a shard (corrupt, or clearing the cache).
     async fn remove(&mut self, sha256: &str) -> Result<()>;
+    /// A write error in words (e.g. how much storage is missing for `needed` bytes).
+    async fn explain_write_error(&mut self, _needed: u64, e: Error) -> Error {
+        e
+    }
+    /// Stores a whole verified shard.
+    async fn put(&mut self, sha256: &str, bytes: &[u8]) -> Result<()> {
+        self.begin(sha256, bytes.len() as u64).await?;
+        if let Err(e) = self.append(bytes) {
+            self.abort().await;
+            return Err(self.explain_write_error(bytes.len() as u64, e).await);
+        }
+        self.commit().await?;
+        self.close().await;
+        Ok(())
+    }
 }
 
-/// A cache that stores nothing.
-pub struct NoCache;
+/// A cache that keeps nothing: the shard being loaded is held in memory until it has been
+/// turned into tensors (loads from a local directory, tests).
+#[derive(Default)]
+pub struct NoCache {
+    shard: Vec<u8>,
+}
 
 impl ShardCache for NoCache {
-    async fn get(&mut self, _: &str) -> Result<Option<Vec<u8>>> {
+    async fn open(&mut self, _: &str) -> Result<Option<u64>> {
         Ok(None)
     }
-    async fn put(&mut self, _: &str, _: &[u8]) -> Result<()> {
+    async fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let a = offset as usize;
+        let src = self.shard.get(a..a + buf.len()).ok_or_else(|| {
+            Error::Weights(format!("reading {} bytes at {offset}: the shard has {}", buf.len(), self.shard.len()))
+        })?;
+        buf.copy_from_slice(src);
         Ok(())
+    }
+    async fn close(&mut self) {
+        self.shard = Vec::new();
+    }
+    async fn begin(&mut self, _: &str, len: u64) -> Result<()> {
+        self.shard = Vec::with_capacity(len as usize);
+        Ok(())
+    }
+    fn append(&mut self, bytes: &[u8]) -> Result<()> {
+        self.shard.extend_from_slice(bytes);
+        Ok(())
+    }
+    async fn commit(&mut self) -> Result<()> {
+        Ok(())
+    }
+    async fn abort(&mut self) {
+        self.shard = Vec::new();
     }
     async fn remove(&mut self, _: &str) -> Result<()> {
         Ok(())
@@ -182,7 +238,26 @@ impl Meter {
     }
 }
 
-/// Fetches one shard: cache first, then the network with resume, retries and verification.
+/// Reads the open cached shard in pieces and checks its SHA-256.
+async fn cached_copy_is_valid<C: ShardCache>(cache: &mut C, shard: &ShardEntry) -> Result<bool> {
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; (VERIFY_PIECE as u64).min(shard.bytes) as usize];
+    let mut at = 0u64;
+    while at < shard.bytes {
+        let n = ((shard.bytes - at) as usize).min(buf.len());
+        cache.read_at(at, &mut buf[..n]).await?;
+        hasher.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(super::hex(&hasher.finalize()) == shard.sha256)
+}
+
+/// Bytes read at a time when checking a cached shard.
+const VERIFY_PIECE: usize = 4 << 20;
+
+/// Makes one shard available in the cache (open for reading): the cached copy if it verifies,
+/// else the network with resume, retries and verification, the bytes written to the cache as
+/// they arrive (never the whole shard in memory, except with [`NoCache`]).
 #[allow(clippy::too_many_arguments)]
 async fn fetch_shard<T: Transport, C: ShardCache>(
     transport: &mut T,
@@ -194,34 +269,61 @@ async fn fetch_shard<T: Transport, C: ShardCache>(
     meter: &mut Meter,
     progress: &mut dyn FnMut(&Progress),
     comp: (u64, u64),
-) -> Result<Vec<u8>> {
-    let mk = |phase, meter: &Meter, comp_done: u64| Progress {
+) -> Result<()> {
+    if let Some(len) = cache.open(&shard.sha256).await? {
+        if len == shard.bytes && cached_copy_is_valid(cache, shard).await? {
+            report.from_cache += 1;
+            meter.done += shard.bytes;
+            progress(&progress_event(shard, "cache", meter, comp.0 + shard.bytes, comp.1));
+            return Ok(());
+        }
+        cache.close().await;
+        report.cache_corrupt += 1;
+        report.events.push(format!("{}: cached copy failed verification; deleted, fetching again", shard.file));
+        cache.remove(&shard.sha256).await?;
+    }
+    if let Err(e) = cache.begin(&shard.sha256, shard.bytes).await {
+        return Err(cache.explain_write_error(shard.bytes, e).await);
+    }
+    match download_shard(transport, cache, base, shard, retry, report, meter, progress, comp).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            cache.abort().await;
+            Err(e)
+        }
+    }
+}
+
+fn progress_event(shard: &ShardEntry, phase: &'static str, meter: &Meter, comp_done: u64, comp_total: u64) -> Progress {
+    let r = meter.rate();
+    Progress {
         component: shard.component.clone(),
         shard: shard.file.clone(),
         phase,
         done_bytes: meter.done,
         total_bytes: meter.total,
         component_done: comp_done,
-        component_total: comp.1,
-        rate: meter.rate(),
-        eta_s: {
-            let r = meter.rate();
-            (r > 0.0).then(|| (meter.total - meter.done) as f64 / r)
-        },
-    };
-    if let Some(bytes) = cache.get(&shard.sha256).await? {
-        if bytes.len() as u64 == shard.bytes && super::sha256_hex(&bytes) == shard.sha256 {
-            report.from_cache += 1;
-            meter.done += shard.bytes;
-            progress(&mk("cache", meter, comp.0 + shard.bytes));
-            return Ok(bytes);
-        }
-        report.cache_corrupt += 1;
-        report.events.push(format!("{}: cached copy failed verification; deleted, fetching again", shard.file));
-        cache.remove(&shard.sha256).await?;
+        component_total: comp_total,
+        rate: r,
+        eta_s: (r > 0.0).then(|| (meter.total - meter.done) as f64 / r),
     }
+}
+
+/// The network part of [`fetch_shard`], writing into the cache's open shard.
+#[allow(clippy::too_many_arguments)]
+async fn download_shard<T: Transport, C: ShardCache>(
+    transport: &mut T,
+    cache: &mut C,
+    base: &str,
+    shard: &ShardEntry,
+    retry: Retry,
+    report: &mut LoadReport,
+    meter: &mut Meter,
+    progress: &mut dyn FnMut(&Progress),
+    comp: (u64, u64),
+) -> Result<()> {
     let url = join(base, &shard.file);
-    let mut buf: Vec<u8> = Vec::with_capacity(shard.bytes as usize);
+    let mut got = 0u64;
     let mut hasher = sha2::Sha256::new();
     let mut attempts = 0u32;
     let mut corrupt = 0u32;
@@ -231,10 +333,8 @@ async fn fetch_shard<T: Transport, C: ShardCache>(
         // large shard on a flaky link still completes; attempts that brought nothing do.
         if attempts >= retry.attempts {
             return Err(Error::Weights(format!(
-                "{}: gave up after {attempts} attempts ({last_err}); {} of {} bytes arrived",
-                url,
-                buf.len(),
-                shard.bytes
+                "{}: gave up after {attempts} attempts ({last_err}); {got} of {} bytes arrived",
+                url, shard.bytes
             )));
         }
         if attempts > 0 {
@@ -242,42 +342,53 @@ async fn fetch_shard<T: Transport, C: ShardCache>(
             transport.sleep_ms(wait).await;
         }
         attempts += 1;
-        let start = buf.len() as u64;
+        let start = got;
         if start > 0 {
             report.resumed += 1;
             report.events.push(format!("{}: resuming at byte {start} (Range)", shard.file));
         }
         report.requests += 1;
         let mut overflow = false;
+        let mut write_err = None;
         let before = meter.done;
         let res = {
             let mut last_tick = 0u64;
             let mut sink = |chunk: &[u8]| {
-                let room = (shard.bytes as usize).saturating_sub(buf.len());
+                let room = shard.bytes.saturating_sub(got) as usize;
                 let take = chunk.len().min(room);
                 if take < chunk.len() {
                     overflow = true;
                 }
-                buf.extend_from_slice(&chunk[..take]);
+                if write_err.is_none()
+                    && let Err(e) = cache.append(&chunk[..take])
+                {
+                    write_err = Some(e);
+                }
+                got += take as u64;
                 hasher.update(&chunk[..take]);
                 report.bytes_downloaded += chunk.len() as u64;
                 meter.downloaded += chunk.len() as u64;
-                meter.done = before + buf.len() as u64 - start;
-                if buf.len() as u64 - last_tick >= 1 << 20 || buf.len() as u64 == shard.bytes {
-                    last_tick = buf.len() as u64;
-                    progress(&mk("download", meter, comp.0 + buf.len() as u64));
+                meter.done = before + got - start;
+                if got - last_tick >= 1 << 20 || got == shard.bytes {
+                    last_tick = got;
+                    progress(&progress_event(shard, "download", meter, comp.0 + got, comp.1));
                 }
             };
             transport.get(&url, start, None, &mut sink).await
         };
-        let progressed = buf.len() as u64 > start;
+        if let Some(e) = write_err {
+            return Err(cache.explain_write_error(shard.bytes, e).await);
+        }
+        let progressed = got > start;
         match res {
-            Ok(()) if !overflow && buf.len() as u64 == shard.bytes => {
+            Ok(()) if !overflow && got == shard.bytes => {
                 let digest = super::hex(&std::mem::replace(&mut hasher, sha2::Sha256::new()).finalize());
                 if digest == shard.sha256 {
-                    cache.put(&shard.sha256, &buf).await?;
+                    if let Err(e) = cache.commit().await {
+                        return Err(cache.explain_write_error(shard.bytes, e).await);
+                    }
                     report.downloaded += 1;
-                    return Ok(buf);
+                    return Ok(());
                 }
                 report.corrupt += 1;
                 report.events.push(format!("{}: SHA-256 mismatch ({digest}); discarded, fetching again", shard.file));
@@ -287,7 +398,7 @@ async fn fetch_shard<T: Transport, C: ShardCache>(
             Ok(()) if !overflow => {
                 // The body ended early: resume from what arrived.
                 report.retries += 1;
-                last_err = format!("connection ended after {} of {} bytes", buf.len(), shard.bytes);
+                last_err = format!("connection ended after {got} of {} bytes", shard.bytes);
                 report.events.push(format!("{}: {last_err}", shard.file));
                 if progressed {
                     attempts = 0;
@@ -322,19 +433,23 @@ async fn fetch_shard<T: Transport, C: ShardCache>(
                 if progressed {
                     attempts = 0;
                 }
-                meter.done = before + buf.len() as u64 - start;
+                meter.done = before + got - start;
                 continue;
             }
         }
         // A rejected download: start the shard over.
         meter.done = before - start;
-        buf.clear();
+        got = 0;
         hasher = sha2::Sha256::new();
         if corrupt > retry.corrupt {
             return Err(Error::Weights(format!(
                 "{url}: the downloaded shard does not match its manifest ({last_err}) after {corrupt} downloads; \
                  the server's copy is corrupt or was replaced"
             )));
+        }
+        cache.abort().await;
+        if let Err(e) = cache.begin(&shard.sha256, shard.bytes).await {
+            return Err(cache.explain_write_error(shard.bytes, e).await);
         }
     }
 }
@@ -364,42 +479,47 @@ impl ManifestSource {
         &self.manifest
     }
 
-    /// Turns the tensors of shard `index` into device tensors (host tables stay on the host).
+    /// Turns the tensors of shard `index`, open in `cache`, into device tensors (host tables
+    /// stay on the host), reading one tensor's bytes at a time: the shard itself is never in
+    /// memory as a whole.
     ///
     /// Awaits the device after each tensor of 1 MiB or more: the host copy a tensor is built
     /// from stays allocated until its upload has run, and in the browser that waited for the
     /// next readback — the full-size load's wasm memory peaked at 359 MiB without these waits
-    /// and at 213 MiB with them (docs/WEB.md).
-    pub async fn ingest(&mut self, index: usize, bytes: &[u8]) -> Result<()> {
-        let entries: Vec<(usize, TensorEntry)> = self
-            .manifest
-            .tensors
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| t.parts.iter().any(|p| p.shard == index))
-            .map(|(i, t)| (i, t.clone()))
-            .collect();
-        for (i, t) in entries {
-            let single = t.parts.len() == 1;
+    /// and at 213 MiB with them, when whole shards were held (docs/WEB.md).
+    pub async fn ingest<C: ShardCache>(&mut self, index: usize, cache: &mut C) -> Result<()> {
+        let shard_len = self.manifest.shards.get(index).map_or(0, |s| s.bytes);
+        let mut parts: Vec<(u64, u64, usize)> = vec![];
+        for (i, t) in self.manifest.tensors.iter().enumerate() {
             for p in t.parts.iter().filter(|p| p.shard == index) {
-                let (a, b) = (p.offset as usize, (p.offset + p.length) as usize);
-                if b > bytes.len() {
-                    return Err(Error::Weights(format!("shard {index} is shorter than tensor {} needs", t.name)));
-                }
-                if single {
-                    let stored = build(&t, bytes[a..b].to_vec(), &self.device)?;
-                    self.ready.insert(t.name.clone(), stored);
-                    if b - a >= 1 << 20 {
-                        self.settle().await?;
-                    }
-                } else {
-                    // Sized once: growing by doubling would copy the tensor and leave up to
-                    // twice its size allocated (the host token table is tens of MiB).
-                    let cap = t.byte_len() as usize;
-                    self.assembling.entry(i).or_insert_with(|| Vec::with_capacity(cap)).extend_from_slice(&bytes[a..b]);
-                }
+                parts.push((p.offset, p.length, i));
             }
-            if !single && self.assembling.get(&i).is_some_and(|v| v.len() as u64 == t.byte_len()) {
+        }
+        // In file order, so the reads go forward through the shard.
+        parts.sort_unstable();
+        for (offset, length, i) in parts {
+            let t = self.manifest.tensors[i].clone();
+            if offset + length > shard_len {
+                return Err(Error::Weights(format!("shard {index} is shorter than tensor {} needs", t.name)));
+            }
+            if t.parts.len() == 1 {
+                let mut bytes = vec![0u8; length as usize];
+                cache.read_at(offset, &mut bytes).await?;
+                let stored = build(&t, bytes, &self.device)?;
+                self.ready.insert(t.name.clone(), stored);
+                if length >= 1 << 20 {
+                    self.settle().await?;
+                }
+                continue;
+            }
+            // Sized once: growing by doubling would copy the tensor and leave up to twice its
+            // size allocated (the host token table is tens of MiB).
+            let cap = t.byte_len() as usize;
+            let buf = self.assembling.entry(i).or_insert_with(|| Vec::with_capacity(cap));
+            let at = buf.len();
+            buf.resize(at + length as usize, 0);
+            cache.read_at(offset, &mut buf[at..]).await?;
+            if buf.len() as u64 == t.byte_len() {
                 let data = self.assembling.remove(&i).expect("present");
                 let stored = build(&t, data, &self.device)?;
                 self.ready.insert(t.name.clone(), stored);
@@ -545,11 +665,10 @@ pub async fn load_shards<T: Transport, C: ShardCache>(
         }
         let total = source.manifest.component_bytes(&shard.component);
         let done = *comp_done.get(&shard.component).unwrap_or(&0);
-        let bytes =
-            fetch_shard(transport, cache, base, &shard, retry, &mut report, &mut meter, progress, (done, total))
-                .await?;
-        source.ingest(i, &bytes).await?;
-        drop(bytes);
+        fetch_shard(transport, cache, base, &shard, retry, &mut report, &mut meter, progress, (done, total)).await?;
+        let ingested = source.ingest(i, cache).await;
+        cache.close().await;
+        ingested?;
         source.settle().await?;
         *comp_done.entry(shard.component.clone()).or_default() += shard.bytes;
     }

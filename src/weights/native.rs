@@ -151,15 +151,18 @@ impl Transport for AnyTransport {
     }
 }
 
-/// Verified shards in a directory, one file `<sha256>.bin` each (written atomically).
+/// Verified shards in a directory, one file `<sha256>.bin` each (written as `<sha256>.part` while
+/// it downloads, renamed once verified).
 pub struct DirCache {
     dir: PathBuf,
+    writing: Option<(PathBuf, std::fs::File)>,
+    reading: Option<std::fs::File>,
 }
 
 impl DirCache {
     /// A cache in `dir` (created when needed).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self { dir: dir.into(), writing: None, reading: None }
     }
     /// The default cache: `$DREAMDIST_CACHE/weights` or `~/.cache/dreamdist/weights`.
     pub fn default_dir() -> PathBuf {
@@ -193,21 +196,62 @@ impl DirCache {
 }
 
 impl ShardCache for DirCache {
-    async fn get(&mut self, sha256: &str) -> Result<Option<Vec<u8>>> {
-        match std::fs::read(self.path(sha256)?) {
-            Ok(b) => Ok(Some(b)),
+    async fn open(&mut self, sha256: &str) -> Result<Option<u64>> {
+        let path = self.path(sha256)?;
+        match std::fs::File::open(&path) {
+            Ok(f) => {
+                let len = f.metadata().map_err(|e| Error::io(format!("reading {}", path.display()), e))?.len();
+                self.reading = Some(f);
+                Ok(Some(len))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(format!("reading the shard cache {}", self.dir.display()), e)),
         }
     }
-    async fn put(&mut self, sha256: &str, bytes: &[u8]) -> Result<()> {
+    async fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        use std::io::{Seek, SeekFrom};
+        let f = self.reading.as_mut().ok_or_else(|| Error::Weights("no cached shard is open".into()))?;
+        f.seek(SeekFrom::Start(offset))
+            .and_then(|_| f.read_exact(buf))
+            .map_err(|e| Error::io(format!("reading {} bytes at {offset} of a cached shard", buf.len()), e))
+    }
+    async fn close(&mut self) {
+        self.reading = None;
+    }
+    async fn begin(&mut self, sha256: &str, _len: u64) -> Result<()> {
         std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(format!("creating {}", self.dir.display()), e))?;
-        let path = self.path(sha256)?;
-        let tmp = path.with_extension("part");
-        std::fs::write(&tmp, bytes).map_err(|e| {
-            Error::io(format!("writing {} ({} bytes) to the shard cache", tmp.display(), bytes.len()), e)
-        })?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io(format!("renaming {}", tmp.display()), e))
+        let tmp = self.path(sha256)?.with_extension("part");
+        let f = std::fs::File::create(&tmp).map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
+        self.writing = Some((tmp, f));
+        Ok(())
+    }
+    fn append(&mut self, bytes: &[u8]) -> Result<()> {
+        use std::io::Write;
+        let (tmp, f) = self.writing.as_mut().ok_or_else(|| Error::Weights("no shard is being written".into()))?;
+        f.write_all(bytes)
+            .map_err(|e| Error::io(format!("writing {} bytes to the shard cache ({})", bytes.len(), tmp.display()), e))
+    }
+    async fn commit(&mut self) -> Result<()> {
+        use std::io::Write;
+        let (tmp, mut f) = self.writing.take().ok_or_else(|| Error::Weights("no shard is being written".into()))?;
+        let path = tmp.with_extension("bin");
+        let done = f.flush().map_err(|e| Error::io(format!("writing {}", tmp.display()), e)).and_then(|_| {
+            std::fs::rename(&tmp, &path).map_err(|e| Error::io(format!("renaming {}", tmp.display()), e))
+        });
+        if let Err(e) = done {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        drop(f);
+        self.reading =
+            Some(std::fs::File::open(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?);
+        Ok(())
+    }
+    async fn abort(&mut self) {
+        if let Some((tmp, f)) = self.writing.take() {
+            drop(f);
+            let _ = std::fs::remove_file(tmp);
+        }
     }
     async fn remove(&mut self, sha256: &str) -> Result<()> {
         match std::fs::remove_file(self.path(sha256)?) {
@@ -268,7 +312,7 @@ pub fn load_uncached(
         base,
         &super::manifest::COMPONENTS,
         &mut transport,
-        &mut super::loader::NoCache,
+        &mut super::loader::NoCache::default(),
         retry,
         &mut |_| {},
         &|| false,

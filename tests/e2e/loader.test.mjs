@@ -24,7 +24,7 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { homedir, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { after, before, test } from "node:test";
@@ -158,6 +158,18 @@ function show(page, title, ok, rows) {
   return page.evaluate(([t, o, r]) => window.loaderTest.show(t, o, r), [title, ok, rows]);
 }
 
+// Names in the page's OPFS shard cache (verified `<sha>.bin`; `<sha>.part` only while a shard
+// streams in).
+function opfsNames(page) {
+  return page.evaluate(async () => {
+    const root = await navigator.storage.getDirectory();
+    const dir = await (await root.getDirectoryHandle("dreamdist")).getDirectoryHandle("weights");
+    const names = [];
+    for await (const name of dir.keys()) names.push(name);
+    return names.sort();
+  });
+}
+
 function checkProgress(r) {
   const p = r.progress;
   assert.ok(p.count > 0, "progress events");
@@ -282,6 +294,9 @@ test("a load through drop, ignored Range, 500, flipped byte, truncation and a sl
       info.shards.map((s) => [s.sha256, s.bytes]).sort(),
       manifest.shards.map((s) => [s.sha256, s.bytes]).sort(),
     );
+    // Shards stream into `.part` files and are renamed once verified: none is left behind, not
+    // even by the discarded (flipped) download.
+    assert.deepEqual((await opfsNames(page)).filter((n) => !n.startsWith("manifest-")), manifest.shards.map((s) => `${s.sha256}.bin`).sort());
     assert.deepEqual(problems.filter((p) => p.startsWith("[page error]") || p.includes("crashed")), []);
   } finally {
     await page.close();
@@ -416,6 +431,9 @@ test("storage quota exceeded: a clear message with the numbers", { timeout: STEP
     await show(page, "storage quota exceeded", !r.ok, { quota, error: r.error ?? "(loaded!)" });
     await page.screenshot({ path: join(OUT, "loader-cache.png"), fullPage: true });
     assert.ok(!r.ok, "the load must fail when the cache cannot store a shard");
+    const names = await opfsNames(page);
+    assert.ok(!names.some((n) => n.endsWith(".part")), `the refused shard's partial file is deleted: ${names}`);
+    assert.ok(!names.includes(`${unet.sha256}.bin`), "the shard that did not fit is not cached");
     if (est?.quota === quota) {
       // The page knows the quota: it says how full storage is and what the next part needs.
       const m = /storage for this page is full: (\d+) MB used of (\d+) MB allowed, and the next part of the model needs ([\d.]+) MB/.exec(r.error);
@@ -434,5 +452,61 @@ test("storage quota exceeded: a clear message with the numbers", { timeout: STEP
     await cdp.send("Storage.overrideQuotaForOrigin", { origin }).catch(() => {});
     await call(page, "cacheClear").catch(() => {});
     await cdp.detach().catch(() => {});
+  }
+});
+
+test("direct mode: a diffusers repository read in ranges, converted in the page, cached, then reused", { timeout: STEP_MS }, async () => {
+  // The tiny fixtures in a diffusers repository's layout, on a server of their own.
+  const repo = join(tmpRoot, "diffusers-repo");
+  const files = [
+    ["text_encoder/model.safetensors", "text_encoder.safetensors"],
+    ["unet/diffusion_pytorch_model.safetensors", "unet.safetensors"],
+    ["vae/diffusion_pytorch_model.safetensors", "vae.safetensors"],
+  ];
+  for (const [to, from] of files) {
+    await mkdir(join(repo, to, ".."), { recursive: true });
+    await copyFile(join(ROOT, "tests/fixtures/tiny", from), join(repo, to));
+  }
+  const rs = await startFaultServer(repo, { faults: [] });
+  const repoGets = async () => (await (await fetch(`${rs.url}__log`)).json()).filter((e) => e.method === "GET");
+  const { page, problems } = await openPage();
+  try {
+    await call(page, "cacheClear");
+    const r = await call(page, "loadDirect", rs.url, "tiny", "q8");
+    await workerErrors(page, "direct mode");
+    await show(page, "direct mode (diffusers repository)", r.ok, r.ok ? r.info.report : { error: r.error });
+    assert.ok(r.ok, r.error);
+    log(`direct mode: ${r.ms.toFixed(0)} ms, progress ${JSON.stringify(r.progress.phases)}`);
+    // The same model as the CLI's conversion of the same files, its shards read from the cache
+    // the conversion wrote them to.
+    assert.equal(r.info.identity, manifest.identity.text_encoder);
+    const rep = r.info.report;
+    const n = manifest.shards.length;
+    assert.deepEqual([rep.from_cache, rep.downloaded, rep.requests], [n, 0, 0]);
+    assert.ok(r.progress.phases.convert > 0, "conversion progress");
+    const info = await call(page, "cacheInfo");
+    assert.deepEqual(
+      info.shards.map((s) => [s.sha256, s.bytes]).sort(),
+      manifest.shards.map((s) => [s.sha256, s.bytes]).sort(),
+      "the page's conversion wrote byte-identical shards",
+    );
+    assert.ok(!(await opfsNames(page)).some((x) => x.endsWith(".part")));
+    // Read in ranges only: two header reads per file, then one range per tensor.
+    const gets = await repoGets();
+    log(`direct mode: ${gets.length} range requests to the repository for ${manifest.tensors.length} tensors`);
+    assert.ok(gets.every((e) => e.range && e.status === 206), JSON.stringify(gets.filter((e) => !e.range || e.status !== 206)));
+    assert.equal(gets.length, 3 * 2 + manifest.tensors.length);
+    // Again: the conversion is reused, nothing is asked of the repository.
+    await fetch(`${rs.url}__reset`, { method: "POST", body: "{}" });
+    const again = await call(page, "loadDirect", rs.url, "tiny", "q8");
+    assert.ok(again.ok, again.error);
+    assert.equal(again.info.identity, manifest.identity.text_encoder);
+    assert.deepEqual((await repoGets()).length, 0, "a second direct load makes no request to the repository");
+    assert.deepEqual(problems.filter((p) => p.startsWith("[page error]") || p.includes("crashed")), []);
+  } finally {
+    await call(page, "cacheClear").catch(() => {});
+    await page.close();
+    rs.server.closeAllConnections();
+    rs.server.close();
   }
 });

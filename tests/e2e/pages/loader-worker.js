@@ -23,24 +23,12 @@ const commands = {
 
   /** engine.loadModel({kind: "manifest", url}) with a progress summary. */
   async load(url) {
-    const t0 = performance.now();
-    const progress = { count: 0, phases: {}, maxDone: 0, overTotal: 0, backwards: 0, last: null };
-    let prev = 0;
-    try {
-      const info = await engine.loadModel({ kind: "manifest", url }, (p) => {
-        progress.count += 1;
-        progress.phases[p.phase] = (progress.phases[p.phase] ?? 0) + 1;
-        progress.maxDone = Math.max(progress.maxDone, p.done_bytes);
-        if (p.done_bytes > p.total_bytes) progress.overTotal += 1;
-        if (p.done_bytes < prev) progress.backwards += 1; // a rejected download starts over
-        prev = p.done_bytes;
-        progress.last = p;
-        return true;
-      });
-      return { ok: true, info, progress, ms: performance.now() - t0 };
-    } catch (err) {
-      return { ok: false, error: String(err?.message ?? err), progress, ms: performance.now() - t0 };
-    }
+    return loadWith({ kind: "manifest", url });
+  },
+
+  /** Direct mode: engine.loadModel({kind: "diffusers", url, model, quant}). */
+  async loadDirect(url, model, quant) {
+    return loadWith({ kind: "diffusers", url, model, quant });
   },
 
   async cacheInfo() {
@@ -73,3 +61,26 @@ self.onmessage = ({ data }) => {
     (err) => self.postMessage({ id, ok: false, error: String(err?.stack ?? err?.message ?? err) }),
   );
 };
+
+/** engine.loadModel(source) with a progress summary. */
+async function loadWith(source) {
+  const t0 = performance.now();
+  const progress = { count: 0, phases: {}, maxDone: 0, overTotal: 0, backwards: 0, last: null };
+  let prev = 0;
+  try {
+    const info = await engine.loadModel(source, (p) => {
+      progress.count += 1;
+      progress.phases[p.phase] = (progress.phases[p.phase] ?? 0) + 1;
+      if (p.phase === "convert") return true; // direct mode: {component, tensor, tensors}
+      progress.maxDone = Math.max(progress.maxDone, p.done_bytes);
+      if (p.done_bytes > p.total_bytes) progress.overTotal += 1;
+      if (p.done_bytes < prev) progress.backwards += 1; // a rejected download starts over
+      prev = p.done_bytes;
+      progress.last = p;
+      return true;
+    });
+    return { ok: true, info, progress, ms: performance.now() - t0 };
+  } catch (err) {
+    return { ok: false, error: String(err?.message ?? err), progress, ms: performance.now() - t0 };
+  }
+}
