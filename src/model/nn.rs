@@ -524,6 +524,7 @@ pub fn exp_neg(x: f32) -> f32 {
 }
 
 /// `y = f(x).0` (and `g = f(x).1` where `g` is not empty) over a chunk.
+#[cfg(not(target_arch = "wasm32"))]
 #[inline(always)]
 fn map_chunk<F: Fn(f32) -> (f32, f32)>(x: &[f32], y: &mut [f32], g: &mut [f32], f: &F) {
     if g.is_empty() {

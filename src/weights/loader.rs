@@ -153,7 +153,7 @@ pub struct Progress {
     pub component: String,
     /// Shard file.
     pub shard: String,
-    /// `cache`, `download`, `tensors` (building tensors) or `done`.
+    /// `cache` (a verified cached shard), `download` or `done`.
     pub phase: &'static str,
     /// Bytes of all requested shards done (cached or downloaded).
     pub done_bytes: u64,
