@@ -157,29 +157,51 @@ pub struct Outputs {
 
 /// Runs every operation once on `device` (which must support autodiff for the backward op).
 pub fn run_ops(inp: &Inputs, device: &Device) -> Result<Outputs> {
-    use shapes::*;
-    let matmul = tensor(inp.a.clone(), A, device).matmul(tensor(inp.b.clone(), B, device));
+    Ok(Outputs {
+        matmul: op_matmul(inp, device),
+        conv2d: op_conv2d(inp, device)?,
+        group_norm: op_group_norm(inp, device)?,
+        attention: op_attention(inp, device),
+        backward: op_backward(inp, device)?,
+    })
+}
 
+fn op_matmul(inp: &Inputs, device: &Device) -> Tensor<2> {
+    use shapes::*;
+    tensor(inp.a.clone(), A, device).matmul(tensor(inp.b.clone(), B, device))
+}
+
+fn op_conv2d(inp: &Inputs, device: &Device) -> Result<Tensor<4>> {
+    use shapes::*;
     let conv_vb =
         Vb::new(MapSource::default().with("weight", inp.conv_w.clone()).with("bias", inp.conv_b.clone()), device);
     let conv = Conv2d::new(&conv_vb, 8, 16, 3, 1, 1);
     conv_vb.finish()?;
-    let conv2d = conv.forward(tensor(inp.conv_x.clone(), CONV_X, device));
+    Ok(conv.forward(tensor(inp.conv_x.clone(), CONV_X, device)))
+}
 
+fn op_group_norm(inp: &Inputs, device: &Device) -> Result<Tensor<4>> {
+    use shapes::*;
     let gn_vb = Vb::new(MapSource::default().with("weight", inp.gn_w.clone()).with("bias", inp.gn_b.clone()), device);
     let gn = GroupNorm::new(&gn_vb, GN_GROUPS, 32, 1e-5);
     gn_vb.finish()?;
-    let group_norm = gn.forward(tensor(inp.gn_x.clone(), GN_X, device));
+    Ok(gn.forward(tensor(inp.gn_x.clone(), GN_X, device)))
+}
 
-    let attention = attention(
+fn op_attention(inp: &Inputs, device: &Device) -> Tensor<3> {
+    use shapes::*;
+    attention(
         tensor(inp.q.clone(), Q, device),
         tensor(inp.k.clone(), KV, device),
         tensor(inp.v.clone(), KV, device),
         HEADS,
         false,
-    );
+    )
+}
 
-    // Backward: conv (8→16) → group norm (4 groups of 16 channels) → SiLU, weighted sum.
+/// Backward: conv (8→16) → group norm (4 groups of 16 channels) → SiLU, weighted sum.
+fn op_backward(inp: &Inputs, device: &Device) -> Result<Tensor<4>> {
+    use shapes::*;
     let ad = device.clone().autodiff();
     let x = tensor(inp.conv_x.clone(), CONV_X, &ad).require_grad();
     let vb = Vb::new(
@@ -197,7 +219,7 @@ pub fn run_ops(inp: &Inputs, device: &Device) -> Result<Outputs> {
     let loss = (y * tensor(inp.r.clone(), [1, 16, 16, 16], &ad)).sum();
     let grads = loss.backward();
     let backward = x.grad(&grads).ok_or_else(|| crate::Error::Device("no gradient for the self-test input".into()))?;
-    Ok(Outputs { matmul, conv2d, group_norm, attention, backward: backward.without_autodiff() })
+    Ok(backward.without_autodiff())
 }
 
 async fn summarise<const D: usize>(name: &str, t: Tensor<D>, start: f64) -> Result<OpResult> {
@@ -206,21 +228,25 @@ async fn summarise<const D: usize>(name: &str, t: Tensor<D>, start: f64) -> Resu
     Ok(OpResult::summarise(name, shape, &values, now_ms() - start))
 }
 
-/// Runs the self-test `rounds` times on `device` and reports the results.
+/// Runs the self-test `rounds` times on `device` and reports the results. Each operation is
+/// launched and read back before the next starts, so its time is its own (compute and
+/// readback), on a GPU and on the CPU alike.
 pub async fn run(device: &Device, backend: &str, rounds: usize) -> Result<Report> {
     let inp = Inputs::new(SEED);
     let mut out = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         let start = now_ms();
-        let o = run_ops(&inp, device)?;
-        // Each op is read back (and timed) in turn; the later ones were queued with it.
-        let ops = vec![
-            summarise("matmul", o.matmul, start).await?,
-            summarise("conv2d", o.conv2d, start).await?,
-            summarise("group_norm", o.group_norm, start).await?,
-            summarise("attention", o.attention, start).await?,
-            summarise("backward", o.backward, start).await?,
-        ];
+        let mut ops = Vec::with_capacity(5);
+        let t = now_ms();
+        ops.push(summarise("matmul", op_matmul(&inp, device), t).await?);
+        let t = now_ms();
+        ops.push(summarise("conv2d", op_conv2d(&inp, device)?, t).await?);
+        let t = now_ms();
+        ops.push(summarise("group_norm", op_group_norm(&inp, device)?, t).await?);
+        let t = now_ms();
+        ops.push(summarise("attention", op_attention(&inp, device), t).await?);
+        let t = now_ms();
+        ops.push(summarise("backward", op_backward(&inp, device)?, t).await?);
         out.push(Round { ops, ms: now_ms() - start });
     }
     Ok(Report { backend: backend.into(), rounds: out })
