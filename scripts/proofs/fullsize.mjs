@@ -9,6 +9,9 @@
 // PROOF_TRAIN="K M S" runs one training step instead (`dreamdist proof --train --k K --m M
 // --samples S` is the native reference) and compares its loss and raw gradient ∂L/∂V.
 //
+// PROOF_PROFILE=DIR uses (and keeps) that browser profile instead of a fresh one, and with a fixed
+// PROOF_PORT=N (the same origin) a second run loads the model from its OPFS cache.
+//
 // PROOF_LOAD_ONLY=1 stops after the model load (timings, GPU residency and peak wasm memory;
 // NATIVE_JSON is not read).
 //
@@ -26,7 +29,8 @@ const TIMEOUT_MS = Number(process.env.PROOF_TIMEOUT_S ?? 7200) * 1000;
 const LOAD_ONLY = process.env.PROOF_LOAD_ONLY === "1";
 const TRAIN = process.env.PROOF_TRAIN ? process.env.PROOF_TRAIN.trim().split(/\s+/).map(Number) : null;
 
-const server = spawn(process.execPath, [join(ROOT, "www/serve.mjs"), "0"], { cwd: ROOT });
+// OPFS belongs to the origin: with PROOF_PROFILE, a fixed PROOF_PORT makes the next run's origin the same.
+const server = spawn(process.execPath, [join(ROOT, "www/serve.mjs"), process.env.PROOF_PORT ?? "0"], { cwd: ROOT });
 const url = await new Promise((res, rej) => {
   server.stdout.on("data", (d) => {
     const m = String(d).match(/(http:\/\/127\.0\.0\.1:\d+\/)/);
@@ -34,7 +38,8 @@ const url = await new Promise((res, rej) => {
   });
   server.on("exit", (c) => rej(new Error(`server exited ${c}`)));
 });
-const profile = await mkdtemp(join(tmpdir(), "dreamdist-proof-"));
+// PROOF_PROFILE=DIR keeps the browser profile there (a second run then loads from its OPFS cache).
+const profile = process.env.PROOF_PROFILE || (await mkdtemp(join(tmpdir(), "dreamdist-proof-")));
 const ctx = await chromium.launchPersistentContext(profile, {
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   headless: true,
