@@ -285,13 +285,148 @@ async fn fetch_shard<T: Transport, C: ShardCache>(
     if let Err(e) = cache.begin(&shard.sha256, shard.bytes).await {
         return Err(cache.explain_write_error(shard.bytes, e).await);
     }
-    match download_shard(transport, cache, base, shard, retry, report, meter, progress, comp).await {
-        Ok(()) => Ok(()),
-        Err(e) => {
+    // The network, writing into the cache's open shard; whatever ends it early drops that shard.
+    let downloaded: Result<()> = async {
+        let url = join(base, &shard.file);
+        let mut got = 0u64;
+        let mut hasher = sha2::Sha256::new();
+        let mut attempts = 0u32;
+        let mut corrupt = 0u32;
+        let mut last_err = String::new();
+        loop {
+            // Attempts that made progress (a resumable drop) do not count against the limit, so a
+            // large shard on a flaky link still completes; attempts that brought nothing do.
+            if attempts >= retry.attempts {
+                return Err(Error::Weights(format!(
+                    "{}: gave up after {attempts} attempts ({last_err}); {got} of {} bytes arrived",
+                    url, shard.bytes
+                )));
+            }
+            if attempts > 0 {
+                let wait = (retry.backoff_ms << (attempts - 1).min(5)).min(8000);
+                transport.sleep_ms(wait).await;
+            }
+            attempts += 1;
+            let start = got;
+            if start > 0 {
+                report.resumed += 1;
+                report.events.push(format!("{}: resuming at byte {start} (Range)", shard.file));
+            }
+            report.requests += 1;
+            let mut overflow = false;
+            let mut write_err = None;
+            let before = meter.done;
+            let res = {
+                let mut last_tick = 0u64;
+                let mut sink = |chunk: &[u8]| {
+                    let room = shard.bytes.saturating_sub(got) as usize;
+                    let take = chunk.len().min(room);
+                    if take < chunk.len() {
+                        overflow = true;
+                    }
+                    if write_err.is_none()
+                        && let Err(e) = cache.append(&chunk[..take])
+                    {
+                        write_err = Some(e);
+                    }
+                    got += take as u64;
+                    hasher.update(&chunk[..take]);
+                    report.bytes_downloaded += chunk.len() as u64;
+                    meter.downloaded += chunk.len() as u64;
+                    meter.done = before + got - start;
+                    if got - last_tick >= 1 << 20 || got == shard.bytes {
+                        last_tick = got;
+                        progress(&progress_event(shard, "download", meter, comp.0 + got, comp.1));
+                    }
+                };
+                transport.get(&url, start, None, &mut sink).await
+            };
+            if let Some(e) = write_err {
+                return Err(cache.explain_write_error(shard.bytes, e).await);
+            }
+            let progressed = got > start;
+            match res {
+                Ok(()) if !overflow && got == shard.bytes => {
+                    let digest = super::hex(&std::mem::replace(&mut hasher, sha2::Sha256::new()).finalize());
+                    if digest == shard.sha256 {
+                        if let Err(e) = cache.commit().await {
+                            return Err(cache.explain_write_error(shard.bytes, e).await);
+                        }
+                        report.downloaded += 1;
+                        return Ok(());
+                    }
+                    report.corrupt += 1;
+                    report
+                        .events
+                        .push(format!("{}: SHA-256 mismatch ({digest}); discarded, fetching again", shard.file));
+                    last_err = "SHA-256 mismatch".into();
+                    corrupt += 1;
+                }
+                Ok(()) if !overflow => {
+                    // The body ended early: resume from what arrived.
+                    report.retries += 1;
+                    last_err = format!("connection ended after {got} of {} bytes", shard.bytes);
+                    report.events.push(format!("{}: {last_err}", shard.file));
+                    if progressed {
+                        attempts = 0;
+                    }
+                    continue;
+                }
+                Ok(()) => {
+                    report.corrupt += 1;
+                    last_err = format!("the server sent more than the manifest's {} bytes", shard.bytes);
+                    report.events.push(format!("{}: {last_err}; discarded", shard.file));
+                    corrupt += 1;
+                }
+                Err(FetchError::Cancelled) => return Err(Error::Cancelled),
+                Err(FetchError::Missing) => {
+                    return Err(Error::Weights(format!(
+                        "{url}: no such file (the directory does not have this shard)"
+                    )));
+                }
+                Err(FetchError::Status(s)) if (400..500).contains(&s) && s != 408 && s != 429 && s != 416 => {
+                    return Err(Error::Weights(format!("{url}: HTTP {s} (the server does not have this shard)")));
+                }
+                Err(FetchError::Status(416)) if start > 0 => {
+                    // Nothing at byte `start`: the server's file is shorter than the manifest says.
+                    report.corrupt += 1;
+                    last_err =
+                        format!("the server's copy ends before byte {start}; the manifest says {} bytes", shard.bytes);
+                    report.events.push(format!("{}: {last_err}; discarded", shard.file));
+                    corrupt += 1;
+                }
+                Err(e) => {
+                    report.retries += 1;
+                    last_err = e.to_string();
+                    report.events.push(format!("{}: {last_err}; retrying", shard.file));
+                    if progressed {
+                        attempts = 0;
+                    }
+                    meter.done = before + got - start;
+                    continue;
+                }
+            }
+            // A rejected download: start the shard over.
+            meter.done = before - start;
+            got = 0;
+            hasher = sha2::Sha256::new();
+            if corrupt > retry.corrupt {
+                return Err(Error::Weights(format!(
+                    "{url}: the downloaded shard does not match its manifest ({last_err}) after {corrupt} downloads; \
+                     the server's copy is corrupt or was replaced"
+                )));
+            }
             cache.abort().await;
-            Err(e)
+            if let Err(e) = cache.begin(&shard.sha256, shard.bytes).await {
+                return Err(cache.explain_write_error(shard.bytes, e).await);
+            }
         }
     }
+    .await;
+    if downloaded.is_err() {
+        cache.abort().await;
+    }
+    downloaded
 }
 
 fn progress_event(shard: &ShardEntry, phase: &'static str, meter: &Meter, comp_done: u64, comp_total: u64) -> Progress {
@@ -306,151 +441,6 @@ fn progress_event(shard: &ShardEntry, phase: &'static str, meter: &Meter, comp_d
         component_total: comp_total,
         rate: r,
         eta_s: (r > 0.0).then(|| (meter.total - meter.done) as f64 / r),
-    }
-}
-
-/// The network part of [`fetch_shard`], writing into the cache's open shard.
-#[allow(clippy::too_many_arguments)]
-async fn download_shard<T: Transport, C: ShardCache>(
-    transport: &mut T,
-    cache: &mut C,
-    base: &str,
-    shard: &ShardEntry,
-    retry: Retry,
-    report: &mut LoadReport,
-    meter: &mut Meter,
-    progress: &mut dyn FnMut(&Progress),
-    comp: (u64, u64),
-) -> Result<()> {
-    let url = join(base, &shard.file);
-    let mut got = 0u64;
-    let mut hasher = sha2::Sha256::new();
-    let mut attempts = 0u32;
-    let mut corrupt = 0u32;
-    let mut last_err = String::new();
-    loop {
-        // Attempts that made progress (a resumable drop) do not count against the limit, so a
-        // large shard on a flaky link still completes; attempts that brought nothing do.
-        if attempts >= retry.attempts {
-            return Err(Error::Weights(format!(
-                "{}: gave up after {attempts} attempts ({last_err}); {got} of {} bytes arrived",
-                url, shard.bytes
-            )));
-        }
-        if attempts > 0 {
-            let wait = (retry.backoff_ms << (attempts - 1).min(5)).min(8000);
-            transport.sleep_ms(wait).await;
-        }
-        attempts += 1;
-        let start = got;
-        if start > 0 {
-            report.resumed += 1;
-            report.events.push(format!("{}: resuming at byte {start} (Range)", shard.file));
-        }
-        report.requests += 1;
-        let mut overflow = false;
-        let mut write_err = None;
-        let before = meter.done;
-        let res = {
-            let mut last_tick = 0u64;
-            let mut sink = |chunk: &[u8]| {
-                let room = shard.bytes.saturating_sub(got) as usize;
-                let take = chunk.len().min(room);
-                if take < chunk.len() {
-                    overflow = true;
-                }
-                if write_err.is_none()
-                    && let Err(e) = cache.append(&chunk[..take])
-                {
-                    write_err = Some(e);
-                }
-                got += take as u64;
-                hasher.update(&chunk[..take]);
-                report.bytes_downloaded += chunk.len() as u64;
-                meter.downloaded += chunk.len() as u64;
-                meter.done = before + got - start;
-                if got - last_tick >= 1 << 20 || got == shard.bytes {
-                    last_tick = got;
-                    progress(&progress_event(shard, "download", meter, comp.0 + got, comp.1));
-                }
-            };
-            transport.get(&url, start, None, &mut sink).await
-        };
-        if let Some(e) = write_err {
-            return Err(cache.explain_write_error(shard.bytes, e).await);
-        }
-        let progressed = got > start;
-        match res {
-            Ok(()) if !overflow && got == shard.bytes => {
-                let digest = super::hex(&std::mem::replace(&mut hasher, sha2::Sha256::new()).finalize());
-                if digest == shard.sha256 {
-                    if let Err(e) = cache.commit().await {
-                        return Err(cache.explain_write_error(shard.bytes, e).await);
-                    }
-                    report.downloaded += 1;
-                    return Ok(());
-                }
-                report.corrupt += 1;
-                report.events.push(format!("{}: SHA-256 mismatch ({digest}); discarded, fetching again", shard.file));
-                last_err = "SHA-256 mismatch".into();
-                corrupt += 1;
-            }
-            Ok(()) if !overflow => {
-                // The body ended early: resume from what arrived.
-                report.retries += 1;
-                last_err = format!("connection ended after {got} of {} bytes", shard.bytes);
-                report.events.push(format!("{}: {last_err}", shard.file));
-                if progressed {
-                    attempts = 0;
-                }
-                continue;
-            }
-            Ok(()) => {
-                report.corrupt += 1;
-                last_err = format!("the server sent more than the manifest's {} bytes", shard.bytes);
-                report.events.push(format!("{}: {last_err}; discarded", shard.file));
-                corrupt += 1;
-            }
-            Err(FetchError::Cancelled) => return Err(Error::Cancelled),
-            Err(FetchError::Missing) => {
-                return Err(Error::Weights(format!("{url}: no such file (the directory does not have this shard)")));
-            }
-            Err(FetchError::Status(s)) if (400..500).contains(&s) && s != 408 && s != 429 && s != 416 => {
-                return Err(Error::Weights(format!("{url}: HTTP {s} (the server does not have this shard)")));
-            }
-            Err(FetchError::Status(416)) if start > 0 => {
-                // Nothing at byte `start`: the server's file is shorter than the manifest says.
-                report.corrupt += 1;
-                last_err =
-                    format!("the server's copy ends before byte {start}; the manifest says {} bytes", shard.bytes);
-                report.events.push(format!("{}: {last_err}; discarded", shard.file));
-                corrupt += 1;
-            }
-            Err(e) => {
-                report.retries += 1;
-                last_err = e.to_string();
-                report.events.push(format!("{}: {last_err}; retrying", shard.file));
-                if progressed {
-                    attempts = 0;
-                }
-                meter.done = before + got - start;
-                continue;
-            }
-        }
-        // A rejected download: start the shard over.
-        meter.done = before - start;
-        got = 0;
-        hasher = sha2::Sha256::new();
-        if corrupt > retry.corrupt {
-            return Err(Error::Weights(format!(
-                "{url}: the downloaded shard does not match its manifest ({last_err}) after {corrupt} downloads; \
-                 the server's copy is corrupt or was replaced"
-            )));
-        }
-        cache.abort().await;
-        if let Err(e) = cache.begin(&shard.sha256, shard.bytes).await {
-            return Err(cache.explain_write_error(shard.bytes, e).await);
-        }
     }
 }
 
