@@ -254,17 +254,13 @@ pub async fn proof(sd: &StableDiffusion, tokenizer: &ClipTokenizer, size: usize,
     sd.spec.check_size(size)?;
     let device = sd.device();
     let mut ms = vec![];
-    let mut peak = None::<u64>;
-    let note = |peak: &mut Option<u64>| {
-        if let Some(u) = device.memory_pool_usage() {
-            *peak = Some(peak.unwrap_or(0).max(u.bytes_in_use));
-        }
-    };
+    // Sampled after each part (the memory in use before the first is never larger).
+    let mut peak = crate::model::tape::PeakMemory::new(&device);
     let mut t = crate::backend::now_ms();
     let ids = vec![tokenizer.encode("a photograph of an astronaut riding a horse")?, tokenizer.encode("")?];
     let ctx = sd.text.forward(&ids, &device)?;
     let text_v = read(ctx.clone()).await?;
-    note(&mut peak);
+    peak.note();
     ms.push(("text encoder".to_string(), crate::backend::now_ms() - t));
     t = crate::backend::now_ms();
     let lat = size / sd.spec.vae.downscale();
@@ -275,13 +271,13 @@ pub async fn proof(sd: &StableDiffusion, tokenizer: &ClipTokenizer, size: usize,
     let u = both.narrow(0, 1, 1);
     let guided = u.clone() + (c - u) * 7.5;
     let unet_v = read(guided).await?;
-    note(&mut peak);
+    peak.note();
     ms.push((format!("guided UNet step (batch 2) at {size}²"), crate::backend::now_ms() - t));
     t = crate::backend::now_ms();
     let z = tensor(rng.normal_vec(4 * lat * lat), [1, 4, lat, lat], &device);
     let img = sd.vae.decode_planned(z, &sd.plan);
     let dec = read(img).await?;
-    note(&mut peak);
+    peak.note();
     ms.push((format!("VAE decode at {size}²"), crate::backend::now_ms() - t));
     let h = sd.spec.clip.hidden_size;
     Ok(ProofReport {
@@ -290,6 +286,6 @@ pub async fn proof(sd: &StableDiffusion, tokenizer: &ClipTokenizer, size: usize,
         unet: Summary::of(&[1, 4, lat, lat], &unet_v),
         decode: Summary::of(&[1, 3, size, size], &dec),
         ms,
-        peak_bytes: peak,
+        peak_bytes: peak.bytes,
     })
 }

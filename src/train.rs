@@ -999,6 +999,6 @@ pub async fn proof_step(
         v0: crate::pipeline::Summary::of(&shape, &v0),
         gradient: crate::pipeline::Summary::of(&shape, &g),
         ms: vec![("setup".to_string(), t1 - t0), ("gradient".to_string(), t2 - t1)],
-        peak_bytes: device.memory_pool_usage().map(|_| peak.bytes),
+        peak_bytes: peak.bytes,
     })
 }

@@ -29,6 +29,16 @@ if [ ! -f "$model_dir/manifest.json" ]; then
   "$BIN" convert --random-weights 0 --model sd21-base --quant q8 --out "$model_dir"
 fi
 mkdir -p target docs
+# write_doc PATH < TEXT: writes a report's generated part to PATH, keeping the readings written
+# under it by hand (everything from the first "## "), and shows it.
+write_doc() {
+  python3 -c '
+import os, sys
+path, text = sys.argv[1], sys.stdin.read()
+old = open(path).read() if os.path.exists(path) else ""
+open(path, "w").write(text + (old[old.index("\n## "):] if "\n## " in old else ""))
+print(text, end="")' "$1"
+}
 machine="$(nproc) cores, $(awk '/model name/{$1=$2=$3=""; print; exit}' /proc/cpuinfo | sed 's/^ *//'), $(free -g | awk '/Mem:/{print $2}') GiB"
 case "$what" in
   browser)
@@ -39,7 +49,7 @@ case "$what" in
     native_s=$((SECONDS - t0))
     echo "proof: browser run at ${size}² (headless Chromium, SwiftShader)" >&2
     node scripts/proofs/fullsize.mjs "target/proof/sd21-base-q8" "$size" "target/proof-native-$size.json" "target/proof-browser-$size.json"
-    python3 - "$size" "$native_s" "$machine" <<'PY'
+    python3 - "$size" "$native_s" "$machine" <<'PY' | write_doc "docs/proof-browser-$size.md"
 import json, sys
 size, native_s, machine = sys.argv[1], sys.argv[2], sys.argv[3]
 r = json.load(open(f"target/proof-browser-{size}.json"))
@@ -61,13 +71,12 @@ lines += ["", f"Engine start {t['engine_ms']/1000:.1f} s; model load (1.45 GB fr
   "Peak wasm memory (the module's linear memory, which only grows, read after each phase): " + "; ".join(
     f"{k} {v/2**20:.0f} MiB" for k, v in b.get("wasm_memory_bytes", {}).items()) + ".", "",
   f"Shim: {json.dumps(b['shim'])}. Limits report: {json.dumps(b['limits'])}."]
-open(f"docs/proof-browser-{size}.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY
     ;;
   train-wgpu)
     "$BIN" crosscheck --manifest "$model_dir" --size "$size" > "target/proof-train-wgpu-$size.json"
-    python3 - "$size" "$machine" <<'PY'
+    python3 - "$size" "$machine" <<'PY' | write_doc "docs/proof-train-wgpu-$size.md"
 import json, sys
 size, machine = sys.argv[1], sys.argv[2]
 r = json.load(open(f"target/proof-train-wgpu-{size}.json"))
@@ -86,13 +95,7 @@ WebGPU's default binding limit ({r['wgpu']['max_binding']} B).
 
 Gradient: max |g| {g['max_abs']:.3e}; max |g_cpu − g_wgpu| {g['max_abs_difference']:.3e} ({g['relative']:.2e} of max |g|); same sign in {100*g['same_sign']:.2f}% of entries. Loss relative difference {r['loss_relative_difference']:.2e}.
 """
-# Keep the readings written under the table by hand (everything from the first "## ").
-import os
-path = f"docs/proof-train-wgpu-{size}.md"
-old = open(path).read() if os.path.exists(path) else ""
-kept = old[old.index("\n## "):] if "\n## " in old else ""
-open(path, "w").write(text + kept)
-print(text)
+print(text, end="")
 PY
     ;;
   train-browser)
@@ -104,8 +107,8 @@ PY
     native_s=$((SECONDS - t0))
     echo "proof: browser training step at ${size}² (headless Chromium, SwiftShader)" >&2
     PROOF_TRAIN="$k $m $s" node scripts/proofs/fullsize.mjs "target/proof/sd21-base-q8" "$size" "target/proof-train-native-$size.json" "target/proof-train-browser-$size.json"
-    python3 - "$size" "$native_s" "$machine" <<'PY'
-import json, os, sys
+    python3 - "$size" "$native_s" "$machine" <<'PY' | write_doc "docs/proof-train-browser-$size.md"
+import json, sys
 size, native_s, machine = sys.argv[1], sys.argv[2], sys.argv[3]
 r = json.load(open(f"target/proof-train-browser-{size}.json"))
 b, n, c = r["browser"], r["native"], r["comparison"]
@@ -134,12 +137,7 @@ lines += ["", f"Times: browser setup (reference latent, prompts) {ms.get('setup'
   + (f"{peak/2**30:.2f} GiB." if peak else "not reported."),
   "", "Peak wasm memory (linear memory, read after each phase): " + "; ".join(f"{k} {v/2**20:.0f} MiB" for k, v in b.get("wasm_memory_bytes", {}).items()) + ".",
   "", f"Shim: {json.dumps(b['shim'])}."]
-text = "\n".join(lines) + "\n"
-path = f"docs/proof-train-browser-{size}.md"
-old = open(path).read() if os.path.exists(path) else ""
-kept = old[old.index("\n## "):] if "\n## " in old else ""
-open(path, "w").write(text + kept)
-print(text)
+print("\n".join(lines))
 PY
     ;;
   *) echo "usage: $0 browser|train-browser|train-wgpu [SIZE]" >&2; exit 2 ;;

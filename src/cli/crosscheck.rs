@@ -71,9 +71,9 @@ fn step(kind: BackendKind, a: &CrosscheckArgs) -> anyhow::Result<StepResult> {
         info.name,
         info.graphics_api,
         ms / 1000.0,
-        peak.bytes as f64 / (1u64 << 30) as f64
+        peak.bytes.unwrap_or(0) as f64 / (1u64 << 30) as f64
     );
-    Ok(StepResult { v0, grad: g, loss, ms, peak: peak.bytes })
+    Ok(StepResult { v0, grad: g, loss, ms, peak: peak.bytes.unwrap_or(0) })
 }
 
 pub fn run(a: CrosscheckArgs) -> anyhow::Result<()> {

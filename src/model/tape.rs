@@ -272,25 +272,25 @@ pub trait Observer {
 
 impl Observer for () {}
 
-/// An [`Observer`] that keeps the largest device memory in use seen at any piece boundary
-/// (devices without a pool report, e.g. the host CPU backend, leave it at 0).
+/// An [`Observer`] that keeps the largest device memory in use seen at any piece boundary.
 pub struct PeakMemory {
     device: burn::tensor::Device,
-    /// Largest `bytes_in_use` seen so far.
-    pub bytes: u64,
+    /// Largest `bytes_in_use` seen so far; `None` on devices without a pool report (the host
+    /// CPU backend).
+    pub bytes: Option<u64>,
 }
 
 impl PeakMemory {
     /// Starts at the memory in use now.
     pub fn new(device: &burn::tensor::Device) -> Self {
-        let mut p = Self { device: device.clone(), bytes: 0 };
+        let mut p = Self { device: device.clone(), bytes: None };
         p.note();
         p
     }
     /// Samples the pool now.
     pub fn note(&mut self) {
         if let Some(u) = self.device.memory_pool_usage() {
-            self.bytes = self.bytes.max(u.bytes_in_use);
+            self.bytes = Some(self.bytes.unwrap_or(0).max(u.bytes_in_use));
         }
     }
 }

@@ -169,10 +169,7 @@ async fn write_file(dir: &FileSystemDirectoryHandle, name: &str, bytes: &[u8]) -
         h.truncate_with_f64(0.0).map_err(opfs_err)?;
         let wo = FileSystemReadWriteOptions::new();
         wo.set_at(0.0);
-        let n = h.write_with_u8_array_and_options(bytes, &wo).map_err(|e| {
-            let msg = js_msg(&e);
-            if msg.contains("Quota") { Error::Device(format!("QuotaExceeded: {msg}")) } else { opfs_err(e) }
-        })?;
+        let n = h.write_with_u8_array_and_options(bytes, &wo).map_err(storage_write_err)?;
         if n as usize != bytes.len() {
             return Err(Error::Device(format!("wrote {n} of {} bytes", bytes.len())));
         }
@@ -208,9 +205,11 @@ pub struct OpfsCache {
     reading: Option<FileSystemSyncAccessHandle>,
 }
 
-/// A shard being written: its `.part` file, the open handle and the write position.
+/// A shard being written: its `.part` file (renamed to `name` once verified), the open handle
+/// and the write position.
 struct Writing {
-    sha: String,
+    part: String,
+    name: String,
     file: FileSystemFileHandle,
     handle: FileSystemSyncAccessHandle,
     at: u64,
@@ -272,6 +271,11 @@ impl OpfsCache {
             return Err(Error::Weights(format!("{sha:?} is not a SHA-256")));
         }
         Ok(format!("{sha}.bin"))
+    }
+
+    /// The file a shard is written to until it is verified.
+    fn part_name(sha: &str) -> Result<String> {
+        Ok(Self::name(sha)?.replace(".bin", ".part"))
     }
 }
 
@@ -342,11 +346,10 @@ impl ShardCache for OpfsCache {
     }
     async fn begin(&mut self, sha256: &str, _len: u64) -> Result<()> {
         self.abort().await;
-        Self::name(sha256)?;
-        let name = format!("{sha256}.part");
+        let (part, name) = (Self::part_name(sha256)?, Self::name(sha256)?);
         let opts = FileSystemGetFileOptions::new();
         opts.set_create(true);
-        let file: FileSystemFileHandle = JsFuture::from(self.dir.get_file_handle_with_options(&name, &opts))
+        let file: FileSystemFileHandle = JsFuture::from(self.dir.get_file_handle_with_options(&part, &opts))
             .await
             .map_err(opfs_err)?
             .unchecked_into();
@@ -356,7 +359,7 @@ impl ShardCache for OpfsCache {
             handle.close();
             return Err(opfs_err(e));
         }
-        self.writing = Some(Writing { sha: sha256.to_string(), file, handle, at: 0 });
+        self.writing = Some(Writing { part, name, file, handle, at: 0 });
         Ok(())
     }
     fn append(&mut self, bytes: &[u8]) -> Result<()> {
@@ -374,19 +377,17 @@ impl ShardCache for OpfsCache {
         let w = self.writing.take().ok_or_else(|| Error::Weights("no shard is being written".into()))?;
         let flushed = w.handle.flush().map_err(storage_write_err);
         w.handle.close();
-        let part = format!("{}.part", w.sha);
-        let name = Self::name(&w.sha)?;
         let renamed = match flushed {
             Ok(()) => {
                 // A stale copy under the final name (a corrupt one was already deleted) would
                 // block the rename.
-                let _ = JsFuture::from(self.dir.remove_entry(&name)).await;
-                rename(&w.file, &name).await
+                let _ = JsFuture::from(self.dir.remove_entry(&w.name)).await;
+                rename(&w.file, &w.name).await
             }
             Err(e) => Err(e),
         };
         if let Err(e) = renamed {
-            let _ = JsFuture::from(self.dir.remove_entry(&part)).await;
+            let _ = JsFuture::from(self.dir.remove_entry(&w.part)).await;
             return Err(e);
         }
         let h: FileSystemSyncAccessHandle =
@@ -397,7 +398,7 @@ impl ShardCache for OpfsCache {
     async fn abort(&mut self) {
         if let Some(w) = self.writing.take() {
             w.handle.close();
-            let _ = JsFuture::from(self.dir.remove_entry(&format!("{}.part", w.sha))).await;
+            let _ = JsFuture::from(self.dir.remove_entry(&w.part)).await;
         }
     }
     async fn remove(&mut self, sha256: &str) -> Result<()> {

@@ -55,6 +55,14 @@ test("parity fixtures in the browser, twice", { timeout: 1800_000 }, async () =>
   }
 });
 
+/** The largest |page − native| over the sampled values, and the largest |native| sample. */
+function sampledDiff(b, n) {
+  return {
+    diff: Math.max(...b.samples.map((x, i) => Math.abs(x - n.samples[i]))),
+    scale: Math.max(...n.samples.map(Math.abs)),
+  };
+}
+
 test("the proof computation equals the native CPU backend", { timeout: 1800_000 }, async () => {
   const { stdout } = await run(BIN, ["proof", "--model", "tiny", "--manifest", MODEL, "--size", "32"], { cwd: ROOT });
   const native = JSON.parse(stdout);
@@ -64,8 +72,7 @@ test("the proof computation equals the native CPU backend", { timeout: 1800_000 
     const b = web[part];
     assert.deepEqual(b.shape, n.shape);
     assert.ok(b.finite, `${part} finite`);
-    const scale = Math.max(...n.samples.map(Math.abs));
-    const diff = Math.max(...b.samples.map((x, i) => Math.abs(x - n.samples[i])));
+    const { diff, scale } = sampledDiff(b, n);
     console.log(`[proof] ${part}: max sampled difference ${(diff / scale).toExponential(2)} of the largest`);
     assert.ok(diff <= 1e-4 * scale, `${part}: ${diff} vs scale ${scale}`);
   }
@@ -87,9 +94,8 @@ test("one training step's loss and gradient equal the native CPU backend", { tim
   const n = native.gradient;
   assert.deepEqual(g.shape, [3, 2, n.shape[2]]);
   assert.ok(g.finite, "gradient finite");
-  const scale = Math.max(...n.samples.map(Math.abs));
+  const { diff, scale } = sampledDiff(g, n);
   assert.ok(scale > 0, "the native gradient is not zero");
-  const diff = Math.max(...g.samples.map((x, i) => Math.abs(x - n.samples[i])));
   const sumRel = Math.abs(g.sum_abs - n.sum_abs) / n.sum_abs;
   console.log(`[train proof] ∂L/∂V: max sampled difference ${(diff / scale).toExponential(2)} of the largest, Σ|g| ${sumRel.toExponential(2)}`);
   assert.ok(diff <= 1e-4 * scale, `gradient: ${diff} vs scale ${scale}`);
