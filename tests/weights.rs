@@ -105,11 +105,27 @@ fn every_scheme_loads_and_stays_within_its_error() {
 #[test]
 fn q8_model_on_wgpu_matches_cpu() {
     let dir = tmp("q8-wgpu");
-    convert_tiny(&dir, Quant::Q8);
+    let manifest = convert_tiny(&dir, Quant::Q8);
     let cpu = load(&dir, &backend::cpu_device()).unwrap();
     let (gpu_device, info) = backend::device(BackendKind::Wgpu).expect("native wgpu (lavapipe: scripts/setup.sh)");
+    let in_use = || gpu_device.memory_pool_usage().expect("wgpu has a memory pool").bytes_in_use;
+    let before = in_use();
     let gpu = load(&dir, &gpu_device).unwrap();
+    let whole = in_use() - before;
     eprintln!("wgpu adapter: {} ({})", info.name, info.graphics_api);
+
+    // Resident bytes per component: measured on the device's pool as the shards were ingested,
+    // they add up to what the whole load kept there; the token table is the host's.
+    let r = &gpu.resident;
+    eprintln!("resident on wgpu: {r:?}; the whole load kept {whole} B");
+    assert_eq!(cpu.resident.device_total(), None, "the CPU backend has no pool to measure");
+    for (name, b) in [("text encoder", r.text_encoder), ("unet", r.unet), ("vae", r.vae)] {
+        assert!(b.is_some_and(|b| b > 0), "{name}: {b:?}");
+    }
+    assert_eq!(r.device_total(), Some(whole));
+    let table = manifest.tensors.iter().find(|t| t.name == "text_encoder/embeddings.token_embedding.weight").unwrap();
+    assert_eq!(r.host_token_table, table.byte_len());
+    assert_eq!(cpu.resident.host_token_table, table.byte_len());
     let (a, b) = (outputs(&cpu), outputs(&gpu));
     for round in 0..2 {
         let c = outputs(&gpu);

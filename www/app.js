@@ -202,6 +202,7 @@ function publish() {
     notes: state.notes,
     errors: state.errors,
     shareLink: state.shareLink,
+    storage: state.storage,
   });
 }
 
@@ -531,6 +532,8 @@ async function loadModel(option, { initial = false, restore = false } = {}) {
     refreshStorage();
   } catch (err) {
     state.model = { ...state.model, status: "error", info: null, error: reason(err) };
+    // A failed or cancelled download can leave part of the model (and an unfinished shard) cached.
+    refreshStorage();
   }
   if (!initial && !restore) {
     state.busy = false;

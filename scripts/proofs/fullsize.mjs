@@ -17,7 +17,7 @@
 //
 // MODEL_DIR_UNDER_REPO is a path relative to the repository root (served by www/serve.mjs).
 import { spawn } from "node:child_process";
-import { readFile, writeFile, mkdtemp } from "node:fs/promises";
+import { readFile, writeFile, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -69,6 +69,8 @@ const browser = await page.evaluate(() => window.proof);
 await page.screenshot({ path: outPath.replace(/\.json$/, ".png") });
 await ctx.close();
 server.kill();
+// A fresh profile holds the model's OPFS copy (1.45 GB at full size): remove it.
+if (!process.env.PROOF_PROFILE) await rm(profile, { recursive: true, force: true });
 
 if (LOAD_ONLY) {
   const { ok, error, timings, wasm_memory_bytes, memory_in_use, model: m } = browser;

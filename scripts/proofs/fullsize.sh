@@ -54,6 +54,10 @@ import json, sys
 size, native_s, machine = sys.argv[1], sys.argv[2], sys.argv[3]
 r = json.load(open(f"target/proof-browser-{size}.json"))
 b, n = r["browser"], r["native"]
+def resident_line(res):
+    mib = lambda x: f"{x/2**20:.1f} MiB" if x is not None else "n/a"
+    return (f"Resident per component: text encoder {mib(res['text_encoder'])}, UNet {mib(res['unet'])}, VAE {mib(res['vae'])} on the GPU; "
+      f"the token-embedding table {mib(res['host_token_table'])} in wasm memory (host).")
 lines = [f"# Full-size proof in the browser at {size}²", "",
   f"Produced by `scripts/proofs/fullsize.sh browser {size}` on {machine}: headless Chromium (WebGPU on SwiftShader, i.e. the CPU), the device clamped to WebGPU's default limits "
   f"(binding {b['adapter']['maxStorageBufferBindingSize']} B, buffer {b['adapter']['maxBufferSize']} B), full-size sd21-base with random weights converted to q8 "
@@ -68,6 +72,7 @@ t = b["timings"]
 lines += ["", f"Engine start {t['engine_ms']/1000:.1f} s; model load (1.45 GB from the local server into OPFS and the GPU) {t['load_ms']/1000:.1f} s; "
   f"proof {t['proof_ms']/1000:.1f} s; whole run {r['wall_s']:.0f} s. GPU memory resident after load: {b['model']['residentBytes']/2**30:.2f} GiB; "
   f"peak in use during the proof: {(b['proof'].get('peak_bytes') or 0)/2**30:.2f} GiB.", "",
+  *([resident_line(b['model']['resident']), ""] if b['model'].get('resident') else []),
   "Peak wasm memory (the module's linear memory, which only grows, read after each phase): " + "; ".join(
     f"{k} {v/2**20:.0f} MiB" for k, v in b.get("wasm_memory_bytes", {}).items()) + ".", "",
   f"Shim: {json.dumps(b['shim'])}. Limits report: {json.dumps(b['limits'])}."]

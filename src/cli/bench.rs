@@ -231,8 +231,20 @@ pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
     let (sd, info): (StableDiffusion, _) = a.model.load_with_info()?;
     let device = sd.device();
     let resident = in_use(&device);
+    let per_component = {
+        let r = &sd.resident;
+        let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64);
+        let g = |b: Option<u64>| b.map_or("n/a".into(), mib);
+        format!(
+            "text encoder {}, UNet {}, VAE {} on the device; token table {} on the host",
+            g(r.text_encoder),
+            g(r.unet),
+            g(r.vae),
+            mib(r.host_token_table)
+        )
+    };
     eprintln!(
-        "bench: built {} in {:.1} s, peak RSS {} GiB, resident on the device {} GiB",
+        "bench: built {} in {:.1} s, peak RSS {} GiB, resident on the device {} GiB ({per_component})",
         spec.id,
         (now_ms() - t0) / 1000.0,
         gib(peak_rss().unwrap_or(0)),
@@ -314,7 +326,7 @@ pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
         }
     }
     let mut table = format!(
-        "dreamdist bench: model {} ({}), backend {} ({}), {} CPU threads, plan: blocks ≤ {} MiB; resident after load {} GiB\n\n\
+        "dreamdist bench: model {} ({}), backend {} ({}), {} CPU threads, plan: blocks ≤ {} MiB; resident after load {} GiB ({})\n\n\
          | what | image | first (s) | best of {} (s) | least CPU time (s) | peak RSS (GiB) | peak GPU in use (GiB) | time by part (best run) |\n|---|---|---|---|---|---|---|---|\n",
         spec.id,
         if a.model.random_weights.is_some() { "random weights".to_string() } else { "loaded weights".to_string() },
@@ -326,6 +338,7 @@ pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         sd.plan.max_block_bytes >> 20,
         resident.map_or("n/a".into(), gib),
+        per_component,
         a.iters
     );
     for r in &rows {

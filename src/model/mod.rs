@@ -183,16 +183,55 @@ pub struct StableDiffusion {
     pub legacy_text_sha256: Option<String>,
     /// How large intermediate tensors may grow on this device.
     pub plan: MemPlan,
+    /// What each component keeps, measured while the model was built.
+    pub resident: Resident,
+}
+
+/// The memory a built model keeps, per component: bytes on the device (the growth of burn's
+/// memory pool while the component was built: its weights as stored there, q8 packed or f32,
+/// with the pool's rounding; `None` on backends without a pool, such as the CPU), and the
+/// host-side token-embedding table, which never goes to the device.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Resident {
+    /// Text encoder on the device (without the token-embedding table).
+    pub text_encoder: Option<u64>,
+    /// UNet on the device.
+    pub unet: Option<u64>,
+    /// VAE on the device.
+    pub vae: Option<u64>,
+    /// The token-embedding table, in host memory.
+    pub host_token_table: u64,
+}
+
+impl Resident {
+    /// Device bytes of the three components, when the backend reports them.
+    pub fn device_total(&self) -> Option<u64> {
+        Some(self.text_encoder? + self.unet? + self.vae?)
+    }
+}
+
+/// Runs `build` and returns what it added to `device`'s memory pool.
+fn measured<T>(device: &Device, build: impl FnOnce() -> T) -> (T, Option<u64>) {
+    let in_use = || device.memory_pool_usage().map(|u| u.bytes_in_use);
+    let before = in_use();
+    let out = build();
+    (out, in_use().zip(before).map(|(after, before)| after.saturating_sub(before)))
 }
 
 impl StableDiffusion {
     /// The architecture with random weights (shapes and memory are real).
     pub fn random(spec: ModelSpec, device: &Device, seed: u64) -> Self {
-        let text = ClipTextEncoder::new(&Vb::new(RandomSource::new(seed), device), &spec.clip);
-        let unet = UNet::new(&Vb::new(RandomSource::new(seed + 1), device), &spec.unet);
-        let vae = Vae::new(&Vb::new(RandomSource::new(seed + 2), device), &spec.vae);
+        let (text, t) =
+            measured(device, || ClipTextEncoder::new(&Vb::new(RandomSource::new(seed), device), &spec.clip));
+        let (unet, u) = measured(device, || UNet::new(&Vb::new(RandomSource::new(seed + 1), device), &spec.unet));
+        let (vae, v) = measured(device, || Vae::new(&Vb::new(RandomSource::new(seed + 2), device), &spec.vae));
         let identity = Self::identity_of(&spec, &text);
-        Self { spec, text, unet, vae, identity, legacy_text_sha256: None, plan: MemPlan::default() }
+        let resident = Self::resident_of(&text, t, u, v);
+        Self { spec, text, unet, vae, identity, legacy_text_sha256: None, plan: MemPlan::default(), resident }
+    }
+
+    fn resident_of(text: &ClipTextEncoder, t: Option<u64>, u: Option<u64>, v: Option<u64>) -> Resident {
+        Resident { text_encoder: t, unet: u, vae: v, host_token_table: text.token_table().bytes.len() as u64 }
     }
 
     fn identity_of(spec: &ModelSpec, text: &ClipTextEncoder) -> String {
@@ -205,12 +244,17 @@ impl StableDiffusion {
         use crate::weights::load_from_bytes;
         let legacy = crate::weights::sha256_hex(&text);
         let ctx = |what: &'static str| move |e: Error| Error::Weights(format!("{what}: {e}"));
-        let t = load_from_bytes(text, ClipConfig::key_rewrites(), device, |vb| ClipTextEncoder::new(vb, &spec.clip))
-            .map_err(ctx("text encoder"))?;
-        let u = load_from_bytes(unet, &[], device, |vb| UNet::new(vb, &spec.unet)).map_err(ctx("unet"))?;
-        let v = load_from_bytes(vae, VaeConfig::key_rewrites(), device, |vb| Vae::new(vb, &spec.vae))
-            .map_err(ctx("vae"))?;
+        let (t, tb) = measured(device, || {
+            load_from_bytes(text, ClipConfig::key_rewrites(), device, |vb| ClipTextEncoder::new(vb, &spec.clip))
+        });
+        let t = t.map_err(ctx("text encoder"))?;
+        let (u, ub) = measured(device, || load_from_bytes(unet, &[], device, |vb| UNet::new(vb, &spec.unet)));
+        let u = u.map_err(ctx("unet"))?;
+        let (v, vb) =
+            measured(device, || load_from_bytes(vae, VaeConfig::key_rewrites(), device, |vb| Vae::new(vb, &spec.vae)));
+        let v = v.map_err(ctx("vae"))?;
         let identity = Self::identity_of(&spec, &t);
+        let resident = Self::resident_of(&t, tb, ub, vb);
         Ok(Self {
             spec,
             text: t,
@@ -219,6 +263,7 @@ impl StableDiffusion {
             identity,
             legacy_text_sha256: Some(legacy),
             plan: MemPlan::default(),
+            resident,
         })
     }
 
@@ -226,15 +271,29 @@ impl StableDiffusion {
     pub fn from_manifest_source(src: &mut crate::weights::ManifestSource, device: &Device) -> Result<Self> {
         let m = src.manifest().clone();
         let spec = m.model.clone();
-        let vb = Vb::new(src.component("text_encoder"), device);
-        let text = ClipTextEncoder::new(&vb, &spec.clip);
-        vb.finish()?;
-        let vb = Vb::new(src.component("unet"), device);
-        let unet = UNet::new(&vb, &spec.unet);
-        vb.finish()?;
-        let vb = Vb::new(src.component("vae"), device);
-        let vae = Vae::new(&vb, &spec.vae);
-        vb.finish()?;
+        let (text, t) = measured(device, || {
+            let vb = Vb::new(src.component("text_encoder"), device);
+            let text = ClipTextEncoder::new(&vb, &spec.clip);
+            vb.finish().map(|_| text)
+        });
+        let text = text?;
+        let (unet, u) = measured(device, || {
+            let vb = Vb::new(src.component("unet"), device);
+            let unet = UNet::new(&vb, &spec.unet);
+            vb.finish().map(|_| unet)
+        });
+        let unet = unet?;
+        let (vae, v) = measured(device, || {
+            let vb = Vb::new(src.component("vae"), device);
+            let vae = Vae::new(&vb, &spec.vae);
+            vb.finish().map(|_| vae)
+        });
+        let vae = vae?;
+        // The tensors went to the device as their shards were ingested; building the modules
+        // adds what they derive there.
+        let on_device = |c: &str, built: Option<u64>| Some(src.device_bytes(c)? + built?);
+        let resident =
+            Self::resident_of(&text, on_device("text_encoder", t), on_device("unet", u), on_device("vae", v));
         Ok(Self {
             spec,
             text,
@@ -243,6 +302,7 @@ impl StableDiffusion {
             identity: m.identity.text_encoder,
             legacy_text_sha256: None,
             plan: MemPlan::default(),
+            resident,
         })
     }
 

@@ -92,6 +92,8 @@ struct ModelInfo {
     native_resolution: usize,
     size_multiple: usize,
     resident_bytes: Option<u64>,
+    /// Per component (device bytes and the host-side token table).
+    resident: crate::model::Resident,
     plan_block_bytes: usize,
     report: serde_json::Value,
 }
@@ -389,6 +391,7 @@ impl Engine {
             native_resolution: sd.spec.native_resolution(),
             size_multiple: sd.spec.size_multiple(),
             resident_bytes: resident,
+            resident: sd.resident.clone(),
             plan_block_bytes: self.plan.max_block_bytes,
             report,
         })
@@ -400,20 +403,46 @@ impl Engine {
         self.model_info_with(None, serde_json::Value::Null)
     }
 
-    /// Cached shards `[{sha256, bytes}]` and the storage estimate.
+    /// What the weight cache holds: the models whose manifests are stored (`models: [{model,
+    /// quant, source, bytes, totalBytes, complete}]`, `bytes` of them cached), the verified shards
+    /// (`shards: [{sha256, bytes}]`, `bytes` in all), downloads that did not finish (`partial`,
+    /// `partialBytes`: a load in progress, or one a closed tab interrupted) and the browser's
+    /// storage estimate (`usage`, `quota`).
     #[wasm_bindgen(js_name = cacheInfo)]
     pub async fn cache_info(&self) -> Result<JsValue, JsValue> {
         let cache = OpfsCache::open().await.map_err(js_err)?;
         let entries = cache.entries().await.map_err(js_err)?;
+        let partial = cache.partial().await.map_err(js_err)?;
+        let cached: std::collections::HashMap<&str, u64> = entries.iter().map(|(s, b)| (s.as_str(), *b)).collect();
+        let mut models = vec![];
+        // The same shards can be named by manifests stored under several keys (other URLs).
+        let mut seen = std::collections::HashSet::new();
+        for key in cache.manifest_keys().await.map_err(js_err)? {
+            // A stored manifest that no longer parses (written by another version) is not a model.
+            let Some(m) = cache.manifest(&key).await.map_err(js_err)?.and_then(|b| Manifest::from_json(&b).ok()) else {
+                continue;
+            };
+            if !seen.insert(m.shards.iter().map(|s| s.sha256.as_str()).collect::<Vec<_>>().join(",")) {
+                continue;
+            }
+            let bytes: u64 = m.shards.iter().filter_map(|s| cached.get(s.sha256.as_str())).sum();
+            models.push(serde_json::json!({
+                "model": m.model.id, "quant": m.quant, "source": m.source, "bytes": bytes,
+                "totalBytes": m.total_bytes, "complete": m.shards.iter().all(|s| cached.contains_key(s.sha256.as_str())),
+            }));
+        }
         let est = storage_estimate().await;
         to_js(&serde_json::json!({
+            "models": models,
             "shards": entries.iter().map(|(s, b)| serde_json::json!({"sha256": s, "bytes": b})).collect::<Vec<_>>(),
             "bytes": entries.iter().map(|e| e.1).sum::<u64>(),
+            "partial": partial.iter().map(|(s, b)| serde_json::json!({"sha256": s, "bytes": b})).collect::<Vec<_>>(),
+            "partialBytes": partial.iter().map(|e| e.1).sum::<u64>(),
             "usage": est.map(|e| e.0), "quota": est.map(|e| e.1),
         }))
     }
 
-    /// Deletes every cached shard and manifest.
+    /// Deletes every cached shard, partial download and manifest; returns how many files.
     #[wasm_bindgen(js_name = cacheClear)]
     pub async fn cache_clear(&self) -> Result<u32, JsValue> {
         let cache = OpfsCache::open().await.map_err(js_err)?;

@@ -228,9 +228,34 @@ impl OpfsCache {
 
     /// Cached shards: (sha256, bytes).
     pub async fn entries(&self) -> Result<Vec<(String, u64)>> {
+        self.files(".bin").await
+    }
+
+    /// Shards whose download did not finish (a load in progress, or one a closed tab or a crash
+    /// interrupted): (sha256, bytes so far). The next load of that shard replaces its file;
+    /// [`Self::clear`] deletes it.
+    pub async fn partial(&self) -> Result<Vec<(String, u64)>> {
+        self.files(".part").await
+    }
+
+    /// The keys of the stored manifests.
+    pub async fn manifest_keys(&self) -> Result<Vec<String>> {
+        let mut keys: Vec<String> = list(&self.dir)
+            .await?
+            .iter()
+            .filter_map(|n| n.strip_prefix("manifest-")?.strip_suffix(".json").map(str::to_string))
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Files `<sha256><suffix>`: (sha256, bytes).
+    async fn files(&self, suffix: &str) -> Result<Vec<(String, u64)>> {
         let mut out = vec![];
         for name in list(&self.dir).await? {
-            let Some(sha) = name.strip_suffix(".bin") else { continue };
+            let Some(sha) = name.strip_suffix(suffix).filter(|s| super::manifest::is_sha256_hex(s)) else {
+                continue;
+            };
             let size = match JsFuture::from(self.dir.get_file_handle(&name)).await {
                 Ok(f) => {
                     let f: FileSystemFileHandle = f.unchecked_into();
@@ -247,7 +272,7 @@ impl OpfsCache {
         Ok(out)
     }
 
-    /// Deletes every cached shard and stored manifest.
+    /// Deletes every cached shard, partial download and stored manifest.
     pub async fn clear(&self) -> Result<usize> {
         let names = list(&self.dir).await?;
         for n in &names {

@@ -451,6 +451,9 @@ pub struct ManifestSource {
     device: Device,
     ready: HashMap<String, Stored>,
     assembling: HashMap<usize, Vec<u8>>,
+    /// Growth of the device's memory pool while each component's shards were ingested (absent
+    /// on backends without a pool).
+    device_bytes: HashMap<String, u64>,
 }
 
 enum Stored {
@@ -461,7 +464,19 @@ enum Stored {
 impl ManifestSource {
     /// An empty source for `manifest`, uploading to `device`.
     pub fn new(manifest: Manifest, device: &Device) -> Self {
-        Self { manifest, device: device.clone(), ready: HashMap::new(), assembling: HashMap::new() }
+        Self {
+            manifest,
+            device: device.clone(),
+            ready: HashMap::new(),
+            assembling: HashMap::new(),
+            device_bytes: HashMap::new(),
+        }
+    }
+
+    /// What ingesting `component`'s shards added to the device's memory pool (`None` when the
+    /// backend has no pool, or before any of its shards was ingested).
+    pub fn device_bytes(&self, component: &str) -> Option<u64> {
+        self.device_bytes.get(component).copied()
     }
 
     /// The manifest.
@@ -478,6 +493,18 @@ impl ManifestSource {
     /// next readback — the full-size load's wasm memory peaked at 359 MiB without these waits
     /// and at 213 MiB with them, when whole shards were held (docs/WEB.md).
     pub async fn ingest<C: ShardCache>(&mut self, index: usize, cache: &mut C) -> Result<()> {
+        let in_use = |d: &Device| d.memory_pool_usage().map(|u| u.bytes_in_use);
+        let before = in_use(&self.device);
+        self.ingest_tensors(index, cache).await?;
+        if let (Some(before), Some(after), Some(shard)) =
+            (before, in_use(&self.device), self.manifest.shards.get(index))
+        {
+            *self.device_bytes.entry(shard.component.clone()).or_default() += after.saturating_sub(before);
+        }
+        Ok(())
+    }
+
+    async fn ingest_tensors<C: ShardCache>(&mut self, index: usize, cache: &mut C) -> Result<()> {
         let shard_len = self.manifest.shards.get(index).map_or(0, |s| s.bytes);
         let mut parts: Vec<(u64, u64, usize)> = vec![];
         for (i, t) in self.manifest.tensors.iter().enumerate() {

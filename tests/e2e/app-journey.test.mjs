@@ -112,6 +112,13 @@ test("the full journey: model → images → train → sample → edit → expor
     timings["page: navigation → model ready (performance.now)"] = Math.round(m.readyAt);
     log(`cold load: model ready ${m.readyAt.toFixed(0)} ms after navigation (model load itself ${m.loadMs.toFixed(0)} ms)`);
     await shot(page, "journey-01-model-loaded");
+    // The page lists what its weight cache holds: this model, whole.
+    await until(page, problems, () => /^Cached models: /.test(document.querySelector("#storage-used").textContent) && window.dreamdist.storage?.models?.length > 0, { what: "the storage line" });
+    const storage = await page.textContent("#storage-used");
+    log(`storage: ${storage}`);
+    assert.match(storage, new RegExp(`^Cached models: ${model.id} \\w+ \\(\\d+(\\.\\d)? MB\\)`));
+    // And what the weights take on the GPU, per component.
+    assert.match(await page.textContent("#model-status"), /On the GPU: [\d.]+ MB \(text encoder [\d.]+ MB, UNet [\d.]+ MB, VAE [\d.]+ MB\)\./);
 
     // 2. Reference images.
     await page.setInputFiles("#ref-input", refs.map((r) => r.path));

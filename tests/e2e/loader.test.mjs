@@ -334,11 +334,28 @@ test("cacheInfo lists the shards, cacheClear empties the cache and the next load
   assert.deepEqual(info.shards.map((s) => s.sha256).sort(), manifest.shards.map((s) => s.sha256).sort());
   assert.equal(info.bytes, manifest.total_bytes);
   assert.ok(info.usage >= manifest.total_bytes, `storage usage ${info.usage}`);
+  // Per model: the stored manifest names this model, whole.
+  assert.deepEqual(
+    info.models.map(({ model, quant, bytes, totalBytes, complete }) => ({ model, quant, bytes, totalBytes, complete })),
+    [{ model: "tiny", quant: "q8", bytes: manifest.total_bytes, totalBytes: manifest.total_bytes, complete: true }],
+  );
+  assert.deepEqual([info.partial, info.partialBytes], [[], 0]);
+  // An unfinished download (as a closed tab leaves one) is listed, and cleared with the rest.
+  const stale = "ab".repeat(32);
+  await page.evaluate(async (name) => {
+    const root = await navigator.storage.getDirectory();
+    const dir = await (await root.getDirectoryHandle("dreamdist")).getDirectoryHandle("weights");
+    const w = await (await dir.getFileHandle(name, { create: true })).createWritable();
+    await w.write(new Uint8Array(1000));
+    await w.close();
+  }, `${stale}.part`);
+  const withPart = await call(page, "cacheInfo");
+  assert.deepEqual([withPart.partial, withPart.partialBytes, withPart.bytes], [[{ sha256: stale, bytes: 1000 }], 1000, manifest.total_bytes]);
   const removed = await call(page, "cacheClear");
-  assert.ok(removed >= manifest.shards.length, `cacheClear removed ${removed} entries`);
+  assert.ok(removed >= manifest.shards.length + 1, `cacheClear removed ${removed} entries`);
   const empty = await call(page, "cacheInfo");
-  assert.deepEqual(empty.shards, []);
-  assert.equal(empty.bytes, 0);
+  assert.deepEqual([empty.shards, empty.bytes, empty.partial, empty.partialBytes], [[], 0, [], 0]);
+  assert.deepEqual(empty.models, [], "the stored manifests are cleared too");
   await resetLog();
   const mark = net.length;
   const r = await load(page, "after cacheClear");

@@ -86,7 +86,7 @@ export function mountModel(ctx) {
       m.status === "loading"
         ? `Loading ${m.label}…`
         : m.status === "ready"
-          ? `Loaded: ${m.label} (${m.info.id}, ${m.info.nativeResolution} px${m.loadMs ? `, ${(m.loadMs / 1000).toFixed(1)} s` : ""}${m.fromCache ? ", from this browser's cache" : ""}).`
+          ? `Loaded: ${m.label} (${m.info.id}, ${m.info.nativeResolution} px${m.loadMs ? `, ${(m.loadMs / 1000).toFixed(1)} s` : ""}${m.fromCache ? ", from this browser's cache" : ""}).${onGpu(m.info.resident)}`
           : m.status === "error"
             ? ""
             : state.engineReady
@@ -123,11 +123,27 @@ export function mountModel(ctx) {
       );
     } else replace($("model-progress"));
     const s = state.storage;
-    $("storage-used").textContent = s
-      ? `Cached models: ${mb(s.bytes ?? 0)}${s.usage != null && s.quota ? ` · this site uses ${mb(s.usage)} of ${mb(s.quota)} allowed` : ""}`
-      : "Cached models: —";
-    $("cache-clear").disabled = !state.engineReady || loading || !s || !s.bytes;
+    $("storage-used").textContent = s ? storageText(s) : "Cached models: —";
+    $("cache-clear").disabled = !state.engineReady || loading || !s || !(s.bytes || s.partialBytes);
   }
 
   return { render };
+}
+
+/** What the weights take on the GPU, per component (nothing on the CPU engine, which has no pool to measure). */
+function onGpu(r) {
+  if (!r || r.text_encoder == null || r.unet == null || r.vae == null) return "";
+  return ` On the GPU: ${mb(r.text_encoder + r.unet + r.vae)} (text encoder ${mb(r.text_encoder)}, UNet ${mb(r.unet)}, VAE ${mb(r.vae)}).`;
+}
+
+/** What the weight cache holds, in words: each model (and how much of it), unfinished downloads, the site's usage. */
+function storageText(s) {
+  const models = (s.models ?? []).map((m) => `${m.model} ${m.quant} (${m.complete ? mb(m.bytes) : `${mb(m.bytes)} of ${mb(m.totalBytes)}`})`);
+  const parts = [models.length ? `Cached models: ${models.join(", ")}` : `Cached models: ${mb(s.bytes ?? 0)}`];
+  // Shards no stored manifest names (e.g. left by an older version) still take space.
+  const named = (s.models ?? []).reduce((a, m) => a + m.bytes, 0);
+  if (models.length && (s.bytes ?? 0) > named) parts.push(`other files ${mb(s.bytes - named)}`);
+  if (s.partialBytes) parts.push(`unfinished downloads ${mb(s.partialBytes)}`);
+  if (s.usage != null && s.quota) parts.push(`this site uses ${mb(s.usage)} of ${mb(s.quota)} allowed`);
+  return parts.join(" · ");
 }

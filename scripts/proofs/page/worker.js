@@ -40,7 +40,7 @@ self.onmessage = async ({ data: p }) => {
     });
     out.timings.load_ms = t() - t0;
     out.wasm_memory_bytes.loaded = wasmBytes();
-    out.model = { id: info.id, identity: info.identity, residentBytes: info.residentBytes, report: info.report };
+    out.model = { id: info.id, identity: info.identity, residentBytes: info.residentBytes, resident: info.resident, report: info.report };
     post(`model loaded in ${out.timings.load_ms.toFixed(0)} ms; resident ${(info.residentBytes / 2 ** 30).toFixed(2)} GiB`);
     if (p.proof !== "0") {
       t0 = t();
