@@ -194,6 +194,12 @@ pub async fn wgpu_device_async() -> Result<(Device, AdapterInfo)> {
     Ok(d)
 }
 
+/// Bytes in use in `device`'s memory pool (`None` on backends without a pool report, such as
+/// the CPU).
+pub fn pool_bytes_in_use(device: &Device) -> Option<u64> {
+    device.memory_pool_usage().map(|u| u.bytes_in_use)
+}
+
 /// The CPU device (burn's `flex` backend; in the browser it runs in the engine's worker).
 pub fn cpu_device() -> Device {
     Device::flex()

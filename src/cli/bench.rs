@@ -7,7 +7,7 @@ use std::io::Write;
 
 use burn::tensor::{Device, Tensor};
 use clap::Args;
-use dreamdist::backend::{block_on, now_ms, read, tensor};
+use dreamdist::backend::{block_on, now_ms, pool_bytes_in_use, read, tensor};
 use dreamdist::model::tape::Observer;
 use dreamdist::model::{ModelSpec, StableDiffusion};
 use dreamdist::rng::Rng;
@@ -217,11 +217,6 @@ fn measure(
     Ok(())
 }
 
-/// Bytes in use on the device's pool.
-fn in_use(device: &Device) -> Option<u64> {
-    device.memory_pool_usage().map(|u| u.bytes_in_use)
-}
-
 pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
     if a.model.weights.is_none() && a.model.manifest.is_none() && a.model.random_weights.is_none() {
         a.model.random_weights = Some(0);
@@ -230,7 +225,7 @@ pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
     let t0 = now_ms();
     let (sd, info): (StableDiffusion, _) = a.model.load_with_info()?;
     let device = sd.device();
-    let resident = in_use(&device);
+    let resident = pool_bytes_in_use(&device);
     let per_component = {
         let r = &sd.resident;
         let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64);

@@ -212,10 +212,10 @@ impl Resident {
 
 /// Runs `build` and returns what it added to `device`'s memory pool.
 fn measured<T>(device: &Device, build: impl FnOnce() -> T) -> (T, Option<u64>) {
-    let in_use = || device.memory_pool_usage().map(|u| u.bytes_in_use);
-    let before = in_use();
+    let in_use = crate::backend::pool_bytes_in_use;
+    let before = in_use(device);
     let out = build();
-    (out, in_use().zip(before).map(|(after, before)| after.saturating_sub(before)))
+    (out, in_use(device).zip(before).map(|(after, before)| after.saturating_sub(before)))
 }
 
 impl StableDiffusion {

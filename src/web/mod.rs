@@ -277,7 +277,7 @@ impl Engine {
         self.sd = None;
         self.uncond = None;
         self.trainer = None;
-        let before = self.device.memory_pool_usage().map(|u| u.bytes_in_use);
+        let before = backend::pool_bytes_in_use(&self.device);
         let mut src = ManifestSource::new(manifest, &self.device);
         let mut transport = FetchTransport::default();
         let cancelled = std::cell::Cell::new(false);
@@ -302,7 +302,7 @@ impl Engine {
         .map_err(js_err)?;
         let sd = StableDiffusion::from_manifest_source(&mut src, &self.device).map_err(js_err)?;
         self.set_model(sd).await?;
-        let after = self.device.memory_pool_usage().map(|u| u.bytes_in_use);
+        let after = backend::pool_bytes_in_use(&self.device);
         let mut report_json = serde_json::to_value(&report).map_err(js_err)?;
         report_json["fetchRequests"] = transport.requests.into();
         self.model_info_with(after.zip(before).map(|(a, b)| a.saturating_sub(b)), report_json)
@@ -683,7 +683,7 @@ impl Engine {
     /// Bytes in use on the device's memory pool.
     #[wasm_bindgen(js_name = memoryInUse)]
     pub fn memory_in_use(&self) -> Option<f64> {
-        self.device.memory_pool_usage().map(|u| u.bytes_in_use as f64)
+        backend::pool_bytes_in_use(&self.device).map(|b| b as f64)
     }
 
     /// Frees unused device memory (between phases).

@@ -493,7 +493,7 @@ impl ManifestSource {
     /// next readback — the full-size load's wasm memory peaked at 359 MiB without these waits
     /// and at 213 MiB with them, when whole shards were held (docs/WEB.md).
     pub async fn ingest<C: ShardCache>(&mut self, index: usize, cache: &mut C) -> Result<()> {
-        let in_use = |d: &Device| d.memory_pool_usage().map(|u| u.bytes_in_use);
+        let in_use = crate::backend::pool_bytes_in_use;
         let before = in_use(&self.device);
         self.ingest_tensors(index, cache).await?;
         if let (Some(before), Some(after), Some(shard)) =
