@@ -1,6 +1,6 @@
 //! Parity with the reference implementations: runs each component on inputs saved by
 //! `scripts/fixtures/make_fixtures.py` (or `full_size_parity.py`) and compares with the saved
-//! outputs, activations and gradients. Used by `tests/parity.rs` and `dreamdist parity`.
+//! outputs, activations and gradients. Used by `tests/suite/parity.rs` and `dreamdist parity`.
 use std::collections::HashMap;
 
 use burn::tensor::Tensor;

@@ -2,7 +2,7 @@
 //!
 //! `assets/tokenizer/tokenizer.json` is built by `scripts/fixtures/make_tokenizer.py` from the
 //! MIT-licensed CLIP vocabulary and reproduces transformers' `CLIPTokenizerFast`. dreamdist's
-//! choices (tested against reference ids in `tests/tokenizer.rs`):
+//! choices (tested against reference ids in `tests/suite/tokenizer.rs`):
 //! - sequences are `[BOS] tokens… [EOS]` padded with `!` (id 0, SD 2's pad token) to 77 and
 //!   truncated to 75 text tokens, as diffusers' SD 2 pipelines do;
 //! - text is lower-cased and whitespace-normalised, without ftfy / HTML unescaping (the fast

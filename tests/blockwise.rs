@@ -15,6 +15,9 @@
 //! 2. The block-wise UNet walk equals one graph on a 3-level UNet whose skips cross levels, with
 //!    attention and feed-forward split into chunks (the memory-bounded path), and extra input
 //!    slots receive their gradients through the same walk (how adapters would train).
+//!
+//! A test crate of its own (the other integration tests are one crate, `tests/suite/`): the f64
+//! default holds for the whole process, so no f32 test may share it.
 use std::path::Path;
 
 use burn::tensor::Device;

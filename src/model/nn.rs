@@ -464,7 +464,7 @@ pub fn attention_chunked(
 /// Written out as `x/2·(1 + erf(x/√2))` instead of calling burn's `gelu`: the forward is the
 /// same ops, but burn 0.22's generic `gelu_backward` (used by the wgpu backend; the CPU backend
 /// overrides it) is the derivative of the *tanh approximation*, 6e-4 relative off the exact
-/// gradient (tests/parity.rs caught it on lavapipe). Autodiff of `erf` is exact on every backend.
+/// gradient (tests/suite/parity.rs caught it on lavapipe). Autodiff of `erf` is exact on every backend.
 ///
 /// On the CPU backend (f32) the values come from one parallel pass on the host instead
 /// ([`gelu_host`]): burn-flex's `erf` is a scalar libm call on one thread, ~23 ns per element
@@ -478,7 +478,7 @@ pub fn gelu_exact<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 }
 
 /// `erf` in f32 as a rational function (the odd/even minimax fit used by Eigen and XLA): within
-/// 5e-7 of libm's `erff` (4.2e-7 measured, tests/ops.rs), and vectorisable (plain multiply-adds:
+/// 5e-7 of libm's `erff` (4.2e-7 measured, tests/suite/ops.rs), and vectorisable (plain multiply-adds:
 /// `mul_add` is a libm call without the `fma` target feature). Exactly ±1 from |x| = 3.92 on
 /// (where erf rounds to ±1 in f32), so GELU's far negative tail is exactly 0.
 #[inline(always)]

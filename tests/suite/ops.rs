@@ -161,6 +161,7 @@ fn ops_match_naive_references_on_cpu() {
 /// no way to skip it: a machine without a Vulkan driver fails here.
 #[test]
 fn ops_match_naive_references_on_wgpu() {
+    let _gpu = crate::gpu_shared();
     check_backend(BackendKind::Wgpu);
 }
 
@@ -231,6 +232,7 @@ fn long_reductions_match_f64_on_cpu() {
 
 #[test]
 fn long_reductions_match_f64_on_wgpu() {
+    let _gpu = crate::gpu_shared();
     check_long_reductions(BackendKind::Wgpu);
 }
 
@@ -268,6 +270,7 @@ fn long_gradients(kind: BackendKind) -> (Vec<f32>, Vec<f32>) {
 
 #[test]
 fn long_reduction_gradients_on_wgpu_equal_the_cpu() {
+    let _gpu = crate::gpu_shared();
     let (cpu_norm, cpu_soft) = long_gradients(BackendKind::Cpu);
     let (gpu_norm, gpu_soft) = long_gradients(BackendKind::Wgpu);
     for (name, a, b) in [("group norm", &cpu_norm, &gpu_norm), ("softmax", &cpu_soft, &gpu_soft)] {

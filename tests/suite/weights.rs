@@ -104,6 +104,8 @@ fn every_scheme_loads_and_stays_within_its_error() {
 /// matmul, dequantized convolutions, host-side embedding and chunked attention on a GPU path.
 #[test]
 fn q8_model_on_wgpu_matches_cpu() {
+    // The pool's growth is measured below: no other test may use the device meanwhile.
+    let _gpu = crate::gpu_exclusive();
     let dir = tmp("q8-wgpu");
     let manifest = convert_tiny(&dir, Quant::Q8);
     let cpu = load(&dir, &backend::cpu_device()).unwrap();

@@ -79,6 +79,7 @@ fn vae_matches_diffusers() {
 /// graph and block-wise) within the same tolerance, on two repeated calls.
 #[test]
 fn all_components_match_on_wgpu() {
+    let _gpu = crate::gpu_shared();
     let (device, info) = dreamdist::backend::device(dreamdist::backend::BackendKind::Wgpu).expect("native wgpu");
     eprintln!("wgpu adapter: {} ({})", info.name, info.graphics_api);
     let sd = StableDiffusion::from_dir(ModelSpec::tiny(), fixtures(), &device).expect("tiny fixtures load");

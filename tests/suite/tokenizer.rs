@@ -6,7 +6,7 @@ use dreamdist::tokenizer::{BOS, ClipTokenizer, EOS, MAX_LEN, PAD};
 use serde_json::Value;
 
 fn cases() -> Vec<Value> {
-    let v: Value = serde_json::from_str(include_str!("fixtures/tokenizer_cases.json")).unwrap();
+    let v: Value = serde_json::from_str(include_str!("../fixtures/tokenizer_cases.json")).unwrap();
     v["cases"].as_array().unwrap().clone()
 }
 

@@ -115,7 +115,7 @@ fn training_learns_prompts_and_leaves_every_weight_bit_identical() {
     // measured here), so the bar is 2%. The tiny model cannot tell looks apart (a distribution
     // learned on checkerboards lowers the held-out stripe's loss as much: printed above, not
     // asserted); that the learned distribution is specific to its references is tested on the
-    // demo model, which has learned something (tests/demo.rs).
+    // demo model, which has learned something (tests/suite/demo.rs).
     assert!(trained < 0.98 * untrained, "training should lower the held-out loss by >2%: {untrained} → {trained}");
     let v1 = block_on(read(trainer.prompts())).unwrap();
     assert_ne!(v0, v1, "V must change");
