@@ -11,11 +11,20 @@
 #                            (default -O2); 0 (default): skip it (it takes minutes here and
 #                            gains little once LTO ran: see pkg/build-info.json and the README)
 #
+# `scripts/build-web.sh --compile-only` stops after the cargo build (no wasm-bindgen needed yet):
+# scripts/test.sh starts it early and finishes the build later (the cargo step is then a no-op).
+#
 # Output: pkg/dreamdist.js, pkg/dreamdist_bg.wasm (+ .gz), pkg/build-info.json (sizes, times).
 # When the native CLI is built and the demo model is not bundled, the tiny fixture model is
 # converted into pkg/models/tiny/ (the page's fallback model; www/config.js).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+compile_only=false
+case "${1:-}" in
+  "") ;;
+  --compile-only) compile_only=true ;;
+  *) echo "usage: scripts/build-web.sh [--compile-only]" >&2; exit 2 ;;
+esac
 # shellcheck source=scripts/wasm-env.sh
 source scripts/wasm-env.sh
 default_profile=web
@@ -24,6 +33,17 @@ profile="${DREAMDIST_WASM_PROFILE:-$default_profile}"
 t0=$SECONDS
 CARGO_TARGET_DIR="$WASM_TARGET_DIR" cargo build -q --lib --profile "$profile" "${WASM_CARGO_FLAGS[@]}"
 cargo_s=$((SECONDS - t0))
+# The cargo time of an earlier --compile-only run counts as this build's (build-info.json).
+early="$WASM_TARGET_DIR/compile-only-seconds-$profile"
+if [ "$compile_only" = true ]; then
+  echo "$cargo_s" > "$early"
+  echo "build-web: compiled the wasm module ($profile profile, cargo ${cargo_s} s); wasm-bindgen not run (--compile-only)" >&2
+  exit 0
+fi
+if [ -f "$early" ]; then
+  cargo_s=$((cargo_s + $(cat "$early")))
+  rm -f "$early"
+fi
 wasm="$WASM_TARGET_DIR/wasm32-unknown-unknown/$profile/dreamdist.wasm"
 mkdir -p pkg
 wasm-bindgen --target web --out-dir pkg --remove-name-section --remove-producers-section "$wasm"

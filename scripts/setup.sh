@@ -1,11 +1,22 @@
 #!/usr/bin/env bash
-# One-time (idempotent, quiet when done) setup of a Debian machine for building and testing dreamdist:
-#   - Debian packages: Chromium (e2e tests drive it headless with WebGPU on SwiftShader),
-#     mesa-vulkan-drivers (lavapipe: native wgpu on the CPU), and, only when rustup cannot
-#     install the wasm32 target, Debian's rustc-web toolchain (see scripts/wasm-env.sh);
-#   - wasm-bindgen-cli at exactly the version in Cargo.lock;
-#   - npm packages for the e2e tests (playwright-core, driving the system Chromium).
+# One-time (idempotent, quiet when done) setup of a Debian machine for building and testing dreamdist.
+#
+#   scripts/setup.sh [toolchain|tools]     (no argument: both, in that order)
+#
+# toolchain — what the compiles need: the wasm32 target (rustup), or, only when rustup cannot
+#             install it, Debian's rustc-web toolchain (see scripts/wasm-env.sh). Seconds.
+# tools     — what only the later steps need: Debian packages Chromium (e2e tests drive it
+#             headless with WebGPU on SwiftShader) and mesa-vulkan-drivers (lavapipe: native
+#             wgpu on the CPU, for the GPU-path tests); wasm-bindgen-cli at exactly the version
+#             in Cargo.lock (after the wasm compile); npm packages for the e2e tests
+#             (playwright-core, driving the system Chromium). Minutes on a new machine, mostly
+#             downloads and one small compile: scripts/test.sh runs this part beside the builds.
 set -euo pipefail
+part="${1:-all}"
+case "$part" in
+  all | toolchain | tools) ;;
+  *) echo "usage: scripts/setup.sh [toolchain|tools]" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 DREAMDIST_CACHE="${DREAMDIST_CACHE:-$HOME/.cache/dreamdist}"
 mkdir -p "$DREAMDIST_CACHE"
@@ -22,8 +33,8 @@ apt_install() {
 }
 
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust with rustup first (https://rustup.rs)" >&2; exit 1; }
-apt_install chromium mesa-vulkan-drivers ca-certificates
 
+setup_toolchain() {
 # --- wasm32 toolchain: the normal path first, then Debian's rustc-web -----------------------
 mode_file="$DREAMDIST_CACHE/wasm-toolchain"
 mode=$(cat "$mode_file" 2>/dev/null || true)
@@ -43,6 +54,10 @@ if [ "$mode" = debian-rustc-web ]; then
     || { echo "setup: /usr/bin/rustc does not know wasm32-unknown-unknown" >&2; exit 1; }
 fi
 echo "$mode" > "$mode_file"
+}
+
+setup_tools() {
+apt_install chromium mesa-vulkan-drivers ca-certificates
 
 # --- wasm-bindgen-cli, exactly the lockfile's version -----------------------------------------
 wb_version=$(awk '/^name = "wasm-bindgen"$/{getline; gsub(/version = |"/,""); print; exit}' Cargo.lock)
@@ -57,3 +72,10 @@ if [ ! -d tests/e2e/node_modules/playwright-core ]; then
   log "installing npm packages for the e2e tests"
   (cd tests/e2e && npm ci --silent --no-audit --no-fund)
 fi
+}
+
+case "$part" in
+  toolchain) setup_toolchain ;;
+  tools) setup_tools ;;
+  all) setup_toolchain; setup_tools ;;
+esac

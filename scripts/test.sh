@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# The whole test suite, in order, stopping at the first failure:
-#   setup → cargo fmt --check → clippy (-D warnings) → cargo test → native release build
-#   (the CLI the e2e test compares with) → web build (pkg/; started right after setup, runs beside
-#   the native stages) → browser e2e tests (node --test).
+# The whole test suite, stopping at the first failure:
+#   setup (toolchain) → cargo fmt --check → clippy (-D warnings) → cargo test (build) →
+#   setup (tools) joined → cargo test (run) → web build (pkg/) joined → browser e2e tests
+#   (node --test, two files at a time).
+# Beside the native stages run, from the start: the tools part of the setup (Debian packages,
+# wasm-bindgen-cli, npm packages: downloads and one small compile, needed only by the test runs
+# and the web build's last step) and the wasm compile (its own target dir). On a brand-new
+# 2-core machine these used to run one after the other; see the README for the cold and warm
+# times.
 # Build caches live outside the clone: CARGO_TARGET_DIR (default ~/.cache/dreamdist/target) and
-# the wasm target dir of scripts/wasm-env.sh. A timing summary per stage is printed at the end.
+# the wasm target dir of scripts/wasm-env.sh. A timing summary per stage is printed at the end:
+# the "joined" stages show how long the native stages still had to wait for a background job.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DREAMDIST_CACHE="${DREAMDIST_CACHE:-$HOME/.cache/dreamdist}"
@@ -27,14 +33,16 @@ summary() {
   echo >&2
   echo "test: ---- summary ----" >&2
   for i in "${!names[@]}"; do
-    printf 'test: %-34s %8s s  ok\n' "${names[$i]}" "${secs[$i]}" >&2
+    printf 'test: %-40s %8s s  ok\n' "${names[$i]}" "${secs[$i]}" >&2
   done
   if [ -n "$current" ]; then
-    printf 'test: %-34s %8s s  FAILED (exit %d)\n' "$current" "$(elapsed "$stage_start")" "$rc" >&2
+    printf 'test: %-40s %8s s  FAILED (exit %d)\n' "$current" "$(elapsed "$stage_start")" "$rc" >&2
   fi
-  printf 'test: %-34s %8s s  %s\n' "total" "$(elapsed "$started")" "$([ "$rc" = 0 ] && echo PASSED || echo FAILED)" >&2
+  for i in "${!bg_names[@]}"; do
+    printf 'test: %-40s %8s s  (in the background)\n' "${bg_names[$i]}" "${bg_secs[$i]}" >&2
+  done
+  printf 'test: %-40s %8s s  %s\n' "total" "$(elapsed "$started")" "$([ "$rc" = 0 ] && echo PASSED || echo FAILED)" >&2
 }
-trap summary EXIT
 
 elapsed() { awk -v a="$1" -v b="$(date +%s%N)" 'BEGIN { printf "%.1f", (b - a) / 1e9 }'; }
 
@@ -49,27 +57,61 @@ stage() {
   current=""
 }
 
-stage "setup"                              scripts/setup.sh
-
-# The wasm build needs nothing from the native stages, so it starts now and runs beside them (its
-# own target dir): on a brand-new machine the native and wasm dependency trees took ~33 min
-# together against ~63 min one after the other. Its output is shown at the "web build" stage.
-web_log="$(mktemp)"
-scripts/build-web.sh >"$web_log" 2>&1 &
-web_pid=$!
-# Under `set -e` a failing command inside the EXIT trap ends the script with its status, so the
-# kill of an already finished build (the normal case) must not fail: a green run exited 1 that way.
-trap 'rc=$?; kill "$web_pid" 2>/dev/null || true; summary "$rc" || true; exit "$rc"' EXIT
-wait_web() {
-  local rc=0
-  wait "$web_pid" || rc=$?
-  cat "$web_log" >&2
+# --- background jobs: started now, joined by the stage that needs them --------------------------
+bg_pids=()
+bg_names=()
+bg_secs=()
+bg_logs=()
+# Runs "$@" in the background with its output in a log; $bg_last is its index.
+background() {
+  local name="$1"
+  shift
+  local logf
+  logf="$(mktemp)"
+  # The job records its own duration (its output is shown when it is joined).
+  ( t=$(date +%s%N); rc=0; "$@" || rc=$?; elapsed "$t" > "$logf.secs"; exit "$rc" ) >"$logf" 2>&1 &
+  bg_pids+=($!)
+  bg_names+=("$name")
+  bg_secs+=("")
+  bg_logs+=("$logf")
+  bg_last=$((${#bg_pids[@]} - 1))
+}
+# Waits for background job $1, shows its output, fails with its status.
+join_bg() {
+  local i=$1 rc=0
+  wait "${bg_pids[$i]}" || rc=$?
+  cat "${bg_logs[$i]}" >&2
+  bg_secs[i]=$(cat "${bg_logs[$i]}.secs" 2>/dev/null || echo "?")
   return "$rc"
 }
+# Under `set -e` a failing command inside the EXIT trap ends the script with its status, so the
+# kill of an already finished job (the normal case) must not fail: a green run exited 1 that way.
+trap 'rc=$?; for p in "${bg_pids[@]}"; do kill "$p" 2>/dev/null || true; done; summary "$rc" || true; exit "$rc"' EXIT
 
-stage "cargo fmt --check"                  cargo fmt --check
-stage "cargo clippy (-D warnings)"         cargo clippy --release --all-targets -- -D warnings
-stage "cargo test --release"               cargo test --release
-stage "cargo build --release (CLI)"        cargo build --release
-stage "web build (scripts/build-web.sh)"   wait_web
-stage "e2e (node --test, Chromium)"        bash -c 'cd tests/e2e && node --test'
+stage "setup (toolchain)"                        scripts/setup.sh toolchain
+background "setup (tools: apt, wasm-bindgen, npm)" scripts/setup.sh tools
+tools=$bg_last
+# The wasm compile needs nothing from the native stages (its own target dir): on a brand-new
+# machine the native and wasm dependency trees took ~33 min together against ~63 min one after
+# the other.
+background "web build: cargo (wasm32)"             scripts/build-web.sh --compile-only
+web=$bg_last
+
+stage "cargo fmt --check"                        cargo fmt --check
+stage "cargo clippy (-D warnings)"               cargo clippy --release --all-targets -- -D warnings
+# The library's unit tests, the CLI and the integration tests (tests/suite/ and
+# tests/blockwise.rs); the examples are compiled and linted by clippy --all-targets above (a
+# release link each is all `cargo test` would add), the doctests run in their own stage.
+stage "cargo test --release (build)"             cargo test --release --lib --bins --tests --no-run
+stage "setup (tools) joined"                     join_bg "$tools"
+stage "cargo test --release (run)"               cargo test --release --lib --bins --tests
+stage "cargo test --release --doc"               cargo test --release --doc
+stage "cargo build --release (CLI)"              cargo build --release
+stage "web build: cargo joined"                  join_bg "$web"
+stage "web build (scripts/build-web.sh)"         scripts/build-web.sh
+# Two test files at a time, the full-size proof (the longest: ~13 min of SwiftShader) first so
+# that the others run beside it. Every *.test.mjs runs.
+e2e_files() {
+  (cd tests/e2e && ls fullsize.test.mjs && ls ./*.test.mjs | sed 's|^\./||' | grep -vx fullsize.test.mjs)
+}
+stage "e2e (node --test, Chromium)"              bash -c "cd tests/e2e && node --test --test-concurrency=2 $(e2e_files | tr '\n' ' ')"

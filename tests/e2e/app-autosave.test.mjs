@@ -12,8 +12,13 @@ import { launch, log, pageErrors, requireBuilt, shot, startServer, until } from 
 import { demoReferences, testModel } from "./lib/fixtures.mjs";
 import { floats, readSafetensors } from "./lib/safetensors.mjs";
 
-const STEPS = Number(process.env.E2E_AUTOSAVE_STEPS || 4);
-const EVERY = 2;
+// Checkpointing and resuming are the page's and the engine's, not WebGPU's: the run computes on
+// the page's CPU engine (`?compute=cpu`; E2E_AUTOSAVE_COMPUTE=webgpu runs it on SwiftShader, where
+// a tiny-model step takes ~20 s). A CPU step takes well under a second, so the run is longer
+// there and saves every 10 steps: the reload must land after a checkpoint and before the end.
+const COMPUTE = process.env.E2E_AUTOSAVE_COMPUTE || "cpu";
+const STEPS = Number(process.env.E2E_AUTOSAVE_STEPS || (COMPUTE === "cpu" ? 60 : 4));
+const EVERY = COMPUTE === "cpu" ? 10 : 2;
 
 let server;
 let tmp;
@@ -24,8 +29,7 @@ before(async () => {
   requireBuilt();
   tmp = await mkdtemp(join(tmpdir(), "dreamdist-autosave-"));
   server = await startServer();
-  // Resuming is model-independent and a demo-model step takes ~70 s on SwiftShader (two runs
-  // here): the tiny fixture model keeps this test to minutes.
+  // Resuming is model-independent: the tiny fixture model keeps this test short on either engine.
   model = await testModel("tiny");
   ({ refs } = await demoReferences(join(tmp, "refs"), { n: 4, seed: 8 }));
 });
@@ -44,7 +48,7 @@ async function prompts(page) {
 }
 
 test("reload mid-training → resume is offered → same result as an uninterrupted run", { timeout: 3600000 }, async () => {
-  const base = `${server.url}?model=${encodeURIComponent(model.url)}&selftest=0`;
+  const base = `${server.url}?model=${encodeURIComponent(model.url)}&selftest=0&compute=${COMPUTE}`;
   const { context, page, problems } = await launch("autosave", { tmpRoot: tmp });
   const ready = () => until(page, problems, () => window.dreamdist?.model?.status === "ready" && window.dreamdist.status === "ready", { what: "the model" });
   const setUp = async () => {
@@ -58,6 +62,7 @@ test("reload mid-training → resume is offered → same result as an uninterrup
     // Uninterrupted run.
     await page.goto(base, { waitUntil: "load" });
     await ready();
+    assert.equal(await page.evaluate(() => window.dreamdist.adapter?.compute), COMPUTE, "the engine computes where the test asked");
     await setUp();
     let t0 = Date.now();
     await page.click("#train-start");
