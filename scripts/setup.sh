@@ -35,6 +35,9 @@ apt_install() {
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust with rustup first (https://rustup.rs)" >&2; exit 1; }
 
 setup_toolchain() {
+# The compiles download crates (HTTPS) from the start.
+apt_install ca-certificates
+
 # --- wasm32 toolchain: the normal path first, then Debian's rustc-web -----------------------
 mode_file="$DREAMDIST_CACHE/wasm-toolchain"
 mode=$(cat "$mode_file" 2>/dev/null || true)
@@ -57,14 +60,16 @@ echo "$mode" > "$mode_file"
 }
 
 setup_tools() {
-apt_install chromium mesa-vulkan-drivers ca-certificates
+apt_install chromium mesa-vulkan-drivers
 
 # --- wasm-bindgen-cli, exactly the lockfile's version -----------------------------------------
 wb_version=$(awk '/^name = "wasm-bindgen"$/{getline; gsub(/version = |"/,""); print; exit}' Cargo.lock)
 if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$wb_version" ]; then
   log "installing wasm-bindgen-cli $wb_version (a few minutes)"
   # Not --locked: the crate's pinned lockfile names a webpki-roots version missing from the registry.
-  cargo install -q wasm-bindgen-cli --version "$wb_version" --force
+  # Its own target dir: cargo install honours CARGO_TARGET_DIR, and sharing the project's would
+  # hold the project's builds (scripts/test.sh runs this beside them) on its lock.
+  cargo install -q wasm-bindgen-cli --version "$wb_version" --force --target-dir "$DREAMDIST_CACHE/target-tools"
 fi
 
 # --- npm packages for the e2e tests ------------------------------------------------------------

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # The whole test suite, stopping at the first failure:
 #   setup (toolchain) → cargo fmt --check → clippy (-D warnings) → cargo test (build) →
-#   setup (tools) joined → cargo test (run) → web build (pkg/) joined → browser e2e tests
-#   (node --test, two files at a time).
+#   setup (tools) joined → cargo test (run) → doctests → the release CLI → web build (pkg/)
+#   joined and finished → browser e2e tests (node --test, two files at a time).
 # Beside the native stages run, from the start: the tools part of the setup (Debian packages,
 # wasm-bindgen-cli, npm packages: downloads and one small compile, needed only by the test runs
-# and the web build's last step) and the wasm compile (its own target dir). On a brand-new
-# 2-core machine these used to run one after the other; see the README for the cold and warm
-# times.
+# and the web build's last step) and the wasm compile (its own target dir). The README's Tests
+# section has the cold and warm times of a 2-core machine.
 # Build caches live outside the clone: CARGO_TARGET_DIR (default ~/.cache/dreamdist/target) and
 # the wasm target dir of scripts/wasm-env.sh. A timing summary per stage is printed at the end:
-# the "joined" stages show how long the native stages still had to wait for a background job.
+# the "joined" stages show how long the native stages still had to wait for a background job,
+# and each background job's own duration is listed after them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DREAMDIST_CACHE="${DREAMDIST_CACHE:-$HOME/.cache/dreamdist}"
@@ -24,6 +24,7 @@ fi
 
 names=()
 secs=()
+bg_pids=()
 current=""
 started=$(date +%s%N)
 
@@ -47,6 +48,7 @@ summary() {
 elapsed() { awk -v a="$1" -v b="$(date +%s%N)" 'BEGIN { printf "%.1f", (b - a) / 1e9 }'; }
 
 stage() {
+  [ "${#bg_pids[@]}" = 0 ] || reap_bg
   current="$1"
   shift
   echo "test: ==> $current" >&2
@@ -62,31 +64,48 @@ bg_pids=()
 bg_names=()
 bg_secs=()
 bg_logs=()
-# Runs "$@" in the background with its output in a log; $bg_last is its index.
+bg_done=()
+export -f elapsed
+# Runs "$@" in the background, in a process group of its own (so that a failed run can stop all
+# of it: apt, cargo, rustc), with its output in a log; $bg_last is its index.
 background() {
   local name="$1"
   shift
   local logf
   logf="$(mktemp)"
   # The job records its own duration (its output is shown when it is joined).
-  ( t=$(date +%s%N); rc=0; "$@" || rc=$?; elapsed "$t" > "$logf.secs"; exit "$rc" ) >"$logf" 2>&1 &
+  setsid -w bash -c 't=$(date +%s%N); rc=0; "$@" || rc=$?; elapsed "$t" > "$0.secs"; exit "$rc"' "$logf" "$@" >"$logf" 2>&1 &
   bg_pids+=($!)
   bg_names+=("$name")
   bg_secs+=("")
   bg_logs+=("$logf")
+  bg_done+=(false)
   bg_last=$((${#bg_pids[@]} - 1))
 }
-# Waits for background job $1, shows its output, fails with its status.
+# Waits for background job $1 (once), shows its output, fails with its status.
 join_bg() {
   local i=$1 rc=0
+  [ "${bg_done[$i]}" = true ] && return 0
   wait "${bg_pids[$i]}" || rc=$?
+  bg_done[i]=true
+  echo "test: --- output of the background job: ${bg_names[$i]} (exit $rc)" >&2
   cat "${bg_logs[$i]}" >&2
   bg_secs[i]=$(cat "${bg_logs[$i]}.secs" 2>/dev/null || echo "?")
   return "$rc"
 }
+# Joins the background jobs that have already ended, so that a failed one stops the run at the
+# next stage instead of at its join.
+reap_bg() {
+  local i
+  for i in "${!bg_pids[@]}"; do
+    if [ "${bg_done[$i]}" = false ] && ! kill -0 "${bg_pids[$i]}" 2>/dev/null; then
+      join_bg "$i" || { local rc=$?; current="${bg_names[$i]} (background)"; stage_start=$started; exit "$rc"; }
+    fi
+  done
+}
 # Under `set -e` a failing command inside the EXIT trap ends the script with its status, so the
 # kill of an already finished job (the normal case) must not fail: a green run exited 1 that way.
-trap 'rc=$?; for p in "${bg_pids[@]}"; do kill "$p" 2>/dev/null || true; done; summary "$rc" || true; exit "$rc"' EXIT
+trap 'rc=$?; for p in "${bg_pids[@]}"; do kill -- "-$p" 2>/dev/null || true; done; summary "$rc" || true; exit "$rc"' EXIT
 
 stage "setup (toolchain)"                        scripts/setup.sh toolchain
 background "setup (tools: apt, wasm-bindgen, npm)" scripts/setup.sh tools
@@ -99,12 +118,12 @@ web=$bg_last
 
 stage "cargo fmt --check"                        cargo fmt --check
 stage "cargo clippy (-D warnings)"               cargo clippy --release --all-targets -- -D warnings
-# The library's unit tests, the CLI and the integration tests (tests/suite/ and
-# tests/blockwise.rs); the examples are compiled and linted by clippy --all-targets above (a
+# The library's unit tests and the integration tests (tests/suite/ and tests/blockwise.rs, which
+# build the CLI they run); the examples are compiled and linted by clippy --all-targets above (a
 # release link each is all `cargo test` would add), the doctests run in their own stage.
-stage "cargo test --release (build)"             cargo test --release --lib --bins --tests --no-run
+stage "cargo test --release (build)"             cargo test --release --lib --tests --no-run
 stage "setup (tools) joined"                     join_bg "$tools"
-stage "cargo test --release (run)"               cargo test --release --lib --bins --tests
+stage "cargo test --release (run)"               cargo test --release --lib --tests
 stage "cargo test --release --doc"               cargo test --release --doc
 stage "cargo build --release (CLI)"              cargo build --release
 stage "web build: cargo joined"                  join_bg "$web"

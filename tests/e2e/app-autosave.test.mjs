@@ -14,11 +14,12 @@ import { floats, readSafetensors } from "./lib/safetensors.mjs";
 
 // Checkpointing and resuming are the page's and the engine's, not WebGPU's: the run computes on
 // the page's CPU engine (`?compute=cpu`; E2E_AUTOSAVE_COMPUTE=webgpu runs it on SwiftShader, where
-// a tiny-model step takes ~20 s). A CPU step takes well under a second, so the run is longer
-// there and saves every 10 steps: the reload must land after a checkpoint and before the end.
+// a tiny-model step takes ~20 s). A CPU step takes ~0.1 s, so the run is longer there and saves
+// every 25 steps: the reload (well under a second after the checkpoint is seen) must land before
+// the next checkpoint and before the end.
 const COMPUTE = process.env.E2E_AUTOSAVE_COMPUTE || "cpu";
-const STEPS = Number(process.env.E2E_AUTOSAVE_STEPS || (COMPUTE === "cpu" ? 60 : 4));
-const EVERY = COMPUTE === "cpu" ? 10 : 2;
+const STEPS = Number(process.env.E2E_AUTOSAVE_STEPS || (COMPUTE === "cpu" ? 100 : 4));
+const EVERY = COMPUTE === "cpu" ? 25 : 2;
 
 let server;
 let tmp;

@@ -111,6 +111,8 @@ fn q8_model_on_wgpu_matches_cpu() {
     let cpu = load(&dir, &backend::cpu_device()).unwrap();
     let (gpu_device, info) = backend::device(BackendKind::Wgpu).expect("native wgpu (lavapipe: scripts/setup.sh)");
     let in_use = || gpu_device.memory_pool_usage().expect("wgpu has a memory pool").bytes_in_use;
+    // Work (and frees) queued by the tests that used the device before this one is done.
+    gpu_device.sync().expect("the wgpu device syncs");
     let before = in_use();
     let gpu = load(&dir, &gpu_device).unwrap();
     let whole = in_use() - before;

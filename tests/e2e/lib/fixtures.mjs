@@ -4,7 +4,7 @@
 // written as PNGs), and the attribute reader (`dreamdist demo-read`).
 import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { promisify } from "node:util";
 
@@ -27,10 +27,19 @@ export async function testModel(want = process.env.E2E_MODEL) {
   const rel = "target/e2e-models/tiny-q8";
   const dir = join(ROOT, rel);
   if (!existsSync(join(dir, "manifest.json"))) {
+    // Converted beside it and renamed into place: test files run two at a time, and one may
+    // find the other's conversion half-written otherwise.
     log(`converting the tiny fixture model into ${rel}`);
-    await rm(dir, { recursive: true, force: true });
-    await mkdir(dir, { recursive: true });
-    await cli(["convert", "--from", join(ROOT, "tests/fixtures/tiny"), "--model", "tiny", "--quant", "q8", "--out", dir]);
+    const part = `${dir}.part-${process.pid}`;
+    await rm(part, { recursive: true, force: true });
+    await mkdir(part, { recursive: true });
+    await cli(["convert", "--from", join(ROOT, "tests/fixtures/tiny"), "--model", "tiny", "--quant", "q8", "--out", part]);
+    if (!existsSync(join(dir, "manifest.json"))) {
+      await rm(dir, { recursive: true, force: true });
+      await rename(part, dir);
+    } else {
+      await rm(part, { recursive: true, force: true });
+    }
   }
   return { id: "tiny", url: `${rel}/`, dir, native: 16 };
 }
