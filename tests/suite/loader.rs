@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 
 use dreamdist::backend::{self, block_on, read, tensor};
 use dreamdist::model::{ClipConfig, ModelSpec, StableDiffusion, VaeConfig};
-use dreamdist::weights::convert::{CheckpointSource, Quant, convert};
+use dreamdist::weights::convert::{Quant, convert};
 use dreamdist::weights::loader::{LoadReport, NoCache, Progress, Retry, load_shards};
 use dreamdist::weights::manifest::{COMPONENTS, Manifest};
 use dreamdist::weights::native::{AnyTransport, DirCache, DirSink, HttpTransport, fetch_manifest};
@@ -74,24 +74,8 @@ fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
         let dir = tmp("model-q8");
-        let fx = root().join("tests/fixtures/tiny");
-        let r = |f: &str| std::fs::read(fx.join(f)).unwrap();
-        let mut t = CheckpointSource::new(r("text_encoder.safetensors"), ClipConfig::key_rewrites()).unwrap();
-        let mut u = CheckpointSource::new(r("unet.safetensors"), &[]).unwrap();
-        let mut v = CheckpointSource::new(r("vae.safetensors"), VaeConfig::key_rewrites()).unwrap();
-        let mut sink = DirSink { dir: dir.clone() };
         let device = backend::cpu_device();
-        let manifest = block_on(convert(
-            &device,
-            &ModelSpec::tiny(),
-            Quant::Q8,
-            [&mut t, &mut u, &mut v],
-            &mut sink,
-            "tiny fixtures",
-            |_, _, _| {},
-        ))
-        .unwrap();
-        std::fs::write(dir.join("manifest.json"), manifest.to_json().unwrap()).unwrap();
+        let manifest = crate::convert_tiny(&dir, Quant::Q8);
         // The reference: the same converted model read from the directory (no HTTP, no cache).
         let base = dir.display().to_string();
         let mut tr = AnyTransport::for_base(&base);

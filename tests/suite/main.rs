@@ -18,7 +18,40 @@ mod tokenizer;
 mod train;
 mod weights;
 
+use std::path::Path;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use dreamdist::backend::{self, block_on};
+use dreamdist::model::{ClipConfig, ModelSpec, VaeConfig};
+use dreamdist::weights::convert::{CheckpointSource, Quant, convert};
+use dreamdist::weights::manifest::Manifest;
+use dreamdist::weights::native::DirSink;
+
+/// The tiny random model of the parity fixtures (`tests/fixtures/tiny`).
+pub fn tiny_fixtures() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny"))
+}
+
+/// Converts the tiny fixtures into `dir` with `quant` (shards and `manifest.json`).
+pub fn convert_tiny(dir: &Path, quant: Quant) -> Manifest {
+    let r = |f: &str| std::fs::read(tiny_fixtures().join(f)).unwrap();
+    let mut t = CheckpointSource::new(r("text_encoder.safetensors"), ClipConfig::key_rewrites()).unwrap();
+    let mut u = CheckpointSource::new(r("unet.safetensors"), &[]).unwrap();
+    let mut v = CheckpointSource::new(r("vae.safetensors"), VaeConfig::key_rewrites()).unwrap();
+    let mut sink = DirSink { dir: dir.to_path_buf() };
+    let m = block_on(convert(
+        &backend::cpu_device(),
+        &ModelSpec::tiny(),
+        quant,
+        [&mut t, &mut u, &mut v],
+        &mut sink,
+        "tiny fixtures",
+        |_, _, _| {},
+    ))
+    .unwrap();
+    std::fs::write(dir.join("manifest.json"), m.to_json().unwrap()).unwrap();
+    m
+}
 
 /// Orders the tests that use the process's one wgpu device: any number may compute on it at
 /// once, but a test that measures the device's memory pool must be alone on it.

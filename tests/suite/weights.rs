@@ -5,43 +5,20 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Tensor;
 use dreamdist::backend::{self, BackendKind, block_on, read, tensor};
-use dreamdist::model::{ClipConfig, ModelSpec, StableDiffusion, VaeConfig};
+use dreamdist::model::{ModelSpec, StableDiffusion};
 use dreamdist::weights::RandomSource;
-use dreamdist::weights::convert::{CheckpointSource, Quant, convert};
+use dreamdist::weights::convert::{Quant, convert};
 use dreamdist::weights::loader::Retry;
 use dreamdist::weights::manifest::Manifest;
 use dreamdist::weights::native::{DirSink, load_uncached};
 
-fn fixtures() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny"))
-}
+use crate::{convert_tiny, tiny_fixtures as fixtures};
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("dreamdist-weights-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-/// Converts the tiny fixtures into `dir` with `quant`.
-fn convert_tiny(dir: &Path, quant: Quant) -> Manifest {
-    let r = |f: &str| std::fs::read(fixtures().join(f)).unwrap();
-    let mut t = CheckpointSource::new(r("text_encoder.safetensors"), ClipConfig::key_rewrites()).unwrap();
-    let mut u = CheckpointSource::new(r("unet.safetensors"), &[]).unwrap();
-    let mut v = CheckpointSource::new(r("vae.safetensors"), VaeConfig::key_rewrites()).unwrap();
-    let mut sink = DirSink { dir: dir.to_path_buf() };
-    let m = block_on(convert(
-        &backend::cpu_device(),
-        &ModelSpec::tiny(),
-        quant,
-        [&mut t, &mut u, &mut v],
-        &mut sink,
-        "tiny fixtures",
-        |_, _, _| {},
-    ))
-    .unwrap();
-    std::fs::write(dir.join("manifest.json"), m.to_json().unwrap()).unwrap();
-    m
 }
 
 fn load(dir: &Path, device: &burn::tensor::Device) -> dreamdist::Result<StableDiffusion> {
