@@ -33,6 +33,9 @@ pub enum FetchError {
     Network(String),
     /// A local file (a directory transport) does not exist.
     Missing,
+    /// A local file that cannot be read as one (a directory, a named pipe, a device, a link
+    /// loop, a read error). Final: trying again cannot change it.
+    Local(String),
     /// The user cancelled.
     Cancelled,
 }
@@ -43,6 +46,7 @@ impl std::fmt::Display for FetchError {
             FetchError::Status(s) => write!(f, "HTTP {s}"),
             FetchError::Network(m) => write!(f, "network error: {m}"),
             FetchError::Missing => write!(f, "no such file"),
+            FetchError::Local(m) => write!(f, "{m}"),
             FetchError::Cancelled => write!(f, "cancelled"),
         }
     }
@@ -63,6 +67,11 @@ pub trait Transport {
     ) -> Result<(), FetchError>;
     /// Waits (retry backoff).
     async fn sleep_ms(&mut self, ms: u64);
+    /// Whether the bytes are local files (a directory), not a network: then a file that is
+    /// short, long or other than the manifest says is final (no retry), in words about files.
+    fn is_local(&self) -> bool {
+        false
+    }
 }
 
 /// Stores verified shards by SHA-256, written as they stream in and read back in pieces, so a
@@ -355,12 +364,31 @@ async fn fetch_shard<T: Transport, C: ShardCache>(
                         report.downloaded += 1;
                         return Ok(());
                     }
+                    if transport.is_local() {
+                        return Err(Error::Weights(format!(
+                            "{url}: the file does not match its manifest: its SHA-256 is {digest}, the manifest \
+                             says {} (the file was changed or replaced)",
+                            shard.sha256
+                        )));
+                    }
                     report.corrupt += 1;
                     report
                         .events
                         .push(format!("{}: SHA-256 mismatch ({digest}); discarded, fetching again", shard.file));
                     last_err = "SHA-256 mismatch".into();
                     corrupt += 1;
+                }
+                Ok(()) if !overflow && transport.is_local() => {
+                    return Err(Error::Weights(format!(
+                        "{url}: the file has {got} bytes; the manifest says {}",
+                        shard.bytes
+                    )));
+                }
+                Ok(()) if transport.is_local() => {
+                    return Err(Error::Weights(format!(
+                        "{url}: the file is larger than the manifest's {} bytes",
+                        shard.bytes
+                    )));
                 }
                 Ok(()) if !overflow => {
                     // The body ended early: resume from what arrived.
@@ -379,6 +407,7 @@ async fn fetch_shard<T: Transport, C: ShardCache>(
                     corrupt += 1;
                 }
                 Err(FetchError::Cancelled) => return Err(Error::Cancelled),
+                Err(FetchError::Local(m)) => return Err(Error::Weights(format!("{url}: {m}"))),
                 Err(FetchError::Missing) => {
                     return Err(Error::Weights(format!(
                         "{url}: no such file (the directory does not have this shard)"

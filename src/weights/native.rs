@@ -77,9 +77,59 @@ impl Transport for HttpTransport {
     }
 }
 
-/// Files of a local directory (the "URL" is a path).
+/// Files of a local directory (the "URL" is a path). Only regular files are read, and never
+/// past the length they had when opened (+1 byte, to notice one that grows): a named pipe would
+/// block the open until a writer came, and a device (or a link to one) has no end. Every error
+/// is final ([`FetchError::Local`]) and the loader does not retry a directory.
 #[derive(Default)]
 pub struct FileTransport;
+
+/// Opens `path` for reading if it is a regular file (links followed).
+fn open_regular(path: &str) -> Result<std::fs::File, FetchError> {
+    let unusable = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::NotFound => FetchError::Missing,
+        _ => FetchError::Local(format!("cannot be read: {e}")),
+    };
+    // `metadata` does not open the file, so it cannot block on a pipe.
+    let kind = std::fs::metadata(path).map_err(unusable)?.file_type();
+    if !kind.is_file() {
+        return Err(not_regular(kind));
+    }
+    let f = std::fs::File::open(path).map_err(unusable)?;
+    // The path may have been replaced between the check and the open.
+    let kind = f.metadata().map_err(unusable)?.file_type();
+    if !kind.is_file() {
+        return Err(not_regular(kind));
+    }
+    Ok(f)
+}
+
+fn not_regular(kind: std::fs::FileType) -> FetchError {
+    let what = if kind.is_dir() {
+        "a directory"
+    } else {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileTypeExt;
+            if kind.is_fifo() {
+                "a named pipe"
+            } else if kind.is_char_device() {
+                "a character device"
+            } else if kind.is_block_device() {
+                "a block device"
+            } else if kind.is_socket() {
+                "a socket"
+            } else {
+                "not a file"
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            "not a file"
+        }
+    };
+    FetchError::Local(format!("{what}, not a regular file (a model directory holds plain files only)"))
+}
 
 impl Transport for FileTransport {
     async fn get(
@@ -90,16 +140,15 @@ impl Transport for FileTransport {
         sink: &mut dyn FnMut(&[u8]),
     ) -> Result<(), FetchError> {
         use std::io::{Seek, SeekFrom};
-        let mut f = std::fs::File::open(url).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => FetchError::Missing,
-            _ => FetchError::Network(format!("{url}: {e}")),
-        })?;
-        f.seek(SeekFrom::Start(start)).map_err(|e| FetchError::Network(e.to_string()))?;
-        let mut left = end.map(|e| e.saturating_sub(start)).unwrap_or(u64::MAX);
+        let mut f = open_regular(url)?;
+        let read_err = |e: std::io::Error| FetchError::Local(format!("cannot be read: {e}"));
+        let len = f.metadata().map_err(read_err)?.len();
+        f.seek(SeekFrom::Start(start)).map_err(read_err)?;
+        let mut left = end.map(|e| e.saturating_sub(start)).unwrap_or(len.saturating_sub(start) + 1);
         let mut buf = vec![0u8; 1 << 20];
         while left > 0 {
             let want = (buf.len() as u64).min(left) as usize;
-            let n = f.read(&mut buf[..want]).map_err(|e| FetchError::Network(e.to_string()))?;
+            let n = f.read(&mut buf[..want]).map_err(read_err)?;
             if n == 0 {
                 break;
             }
@@ -111,6 +160,10 @@ impl Transport for FileTransport {
 
     async fn sleep_ms(&mut self, ms: u64) {
         std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+
+    fn is_local(&self) -> bool {
+        true
     }
 }
 
@@ -148,6 +201,9 @@ impl Transport for AnyTransport {
     }
     async fn sleep_ms(&mut self, ms: u64) {
         std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+    fn is_local(&self) -> bool {
+        matches!(self, AnyTransport::File(_))
     }
 }
 

@@ -245,3 +245,115 @@ fn banded_vae_and_chunked_attention_equal_the_plain_computation() {
         assert!(rel_err(&chunked, &whole) < 1e-6, "causal {causal}: {}", rel_err(&chunked, &whole));
     }
 }
+
+/// A model directory is plain local files: a manifest or shard that is a named pipe, a device, a
+/// directory or a link loop is refused by name at once (no hang: a pipe blocks an open until a
+/// writer comes, a device never ends), and a shard that is short, empty, too long or another
+/// file is refused in words about files, with no retries (the default policy would back off
+/// ~24 s before giving up on a network).
+#[cfg(unix)]
+#[test]
+fn hostile_directories_are_refused_at_once() {
+    use std::os::unix::fs::symlink;
+    use std::time::{Duration, Instant};
+
+    let src = tmp("dir-src");
+    let m = convert_tiny(&src, Quant::Q8);
+    assert!(m.shards.len() >= 2, "the case of a swapped shard needs two shards");
+    let shard = m.shards[0].file.as_str();
+    let other = std::fs::read(src.join(&m.shards[1].file)).unwrap();
+    let good = std::fs::read(src.join(shard)).unwrap();
+
+    // Each case: a fresh copy of the directory, damaged by `damage`, loaded with the default
+    // retry policy on a thread of its own so that a hang fails the test instead of blocking it.
+    let case = |name: &str, damage: &dyn Fn(&Path)| -> (String, Duration) {
+        let dir = tmp(&format!("dir-{name}"));
+        for e in std::fs::read_dir(&src).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+        }
+        damage(&dir);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let base = dir.clone();
+        let t0 = Instant::now();
+        std::thread::spawn(move || {
+            let r = load_uncached(&base.display().to_string(), &backend::cpu_device(), Retry::default());
+            let _ = tx.send(r.err().map(|e| e.to_string()));
+        });
+        let got = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| panic!("{name}: the load hangs"));
+        let e = got.unwrap_or_else(|| panic!("{name}: a damaged directory loaded"));
+        eprintln!("{name}: refused in {:.2} s: {e}", t0.elapsed().as_secs_f64());
+        (e, t0.elapsed())
+    };
+    let replace = |dir: &Path, file: &str, with: &dyn Fn(&Path)| {
+        std::fs::remove_file(dir.join(file)).unwrap();
+        with(&dir.join(file));
+    };
+    let mkfifo = |p: &Path| {
+        let ok = std::process::Command::new("mkfifo").arg(p).status().expect("mkfifo (coreutils)").success();
+        assert!(ok, "mkfifo {}", p.display());
+    };
+    let cases: Vec<(&str, Box<dyn Fn(&Path) + '_>, Vec<&str>)> = vec![
+        (
+            "manifest-device",
+            Box::new(|d: &Path| replace(d, "manifest.json", &|p| symlink("/dev/zero", p).unwrap())),
+            vec!["manifest.json", "a character device, not a regular file"],
+        ),
+        (
+            "manifest-pipe",
+            Box::new(|d: &Path| replace(d, "manifest.json", &|p| mkfifo(p))),
+            vec!["manifest.json", "a named pipe, not a regular file"],
+        ),
+        (
+            "shard-pipe",
+            Box::new(|d: &Path| replace(d, shard, &|p| mkfifo(p))),
+            vec![shard, "a named pipe, not a regular file"],
+        ),
+        (
+            "shard-device",
+            Box::new(|d: &Path| replace(d, shard, &|p| symlink("/dev/urandom", p).unwrap())),
+            vec![shard, "a character device"],
+        ),
+        (
+            "shard-directory",
+            Box::new(|d: &Path| replace(d, shard, &|p| std::fs::create_dir(p).unwrap())),
+            vec![shard, "a directory, not a regular file"],
+        ),
+        (
+            "shard-link-loop",
+            Box::new(|d: &Path| replace(d, shard, &|p| symlink(p, p).unwrap())),
+            vec![shard, "cannot be read", "symbolic links"],
+        ),
+        (
+            "shard-short",
+            Box::new(|d: &Path| std::fs::write(d.join(shard), &good[..good.len() - 10]).unwrap()),
+            vec![shard, "the file has", "bytes; the manifest says"],
+        ),
+        (
+            "shard-empty",
+            Box::new(|d: &Path| std::fs::write(d.join(shard), b"").unwrap()),
+            vec![shard, "the file has 0 bytes; the manifest says"],
+        ),
+        (
+            "shard-long",
+            Box::new(|d: &Path| std::fs::write(d.join(shard), [&good[..], &[0u8][..]].concat()).unwrap()),
+            vec![shard, "the file is larger than the manifest's"],
+        ),
+        ("shard-swapped", Box::new(|d: &Path| std::fs::write(d.join(shard), &other).unwrap()), vec![shard]),
+    ];
+    for (name, damage, want) in &cases {
+        let (e, took) = case(name, damage.as_ref());
+        for w in want {
+            assert!(e.contains(w), "{name}: expected {w:?} in: {e}");
+        }
+        assert!(!e.contains("network") && !e.contains("connection") && !e.contains("server"), "{name}: {e}");
+        assert!(took < Duration::from_secs(5), "{name}: took {took:?} (retried?)");
+    }
+    // The swapped shard says what is wrong with it, whichever its length.
+    let (e, _) = case("shard-swapped-same-length", &|d: &Path| {
+        let mut same = good.clone();
+        same[0] ^= 1;
+        std::fs::write(d.join(shard), &same).unwrap();
+    });
+    assert!(e.contains("does not match its manifest") && e.contains("was changed or replaced"), "{e}");
+}
