@@ -293,7 +293,9 @@ fn hostile_directories_are_refused_at_once() {
         let ok = std::process::Command::new("mkfifo").arg(p).status().expect("mkfifo (coreutils)").success();
         assert!(ok, "mkfifo {}", p.display());
     };
-    let cases: Vec<(&str, Box<dyn Fn(&Path) + '_>, Vec<&str>)> = vec![
+    // (name, what damages the copy, what the message must say)
+    type Case<'a> = (&'a str, Box<dyn Fn(&Path) + 'a>, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
         (
             "manifest-device",
             Box::new(|d: &Path| replace(d, "manifest.json", &|p| symlink("/dev/zero", p).unwrap())),
