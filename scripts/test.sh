@@ -24,7 +24,6 @@ fi
 
 names=()
 secs=()
-bg_pids=()
 current=""
 started=$(date +%s%N)
 

@@ -84,11 +84,16 @@ impl Transport for HttpTransport {
 #[derive(Default)]
 pub struct FileTransport;
 
-/// Opens `path` for reading if it is a regular file (links followed).
-fn open_regular(path: &str) -> Result<std::fs::File, FetchError> {
+/// A local file that exists but cannot be read.
+fn cannot_read(e: std::io::Error) -> FetchError {
+    FetchError::Local(format!("cannot be read: {e}"))
+}
+
+/// Opens `path` for reading if it is a regular file (links followed); with its length.
+fn open_regular(path: &str) -> Result<(std::fs::File, u64), FetchError> {
     let unusable = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::NotFound => FetchError::Missing,
-        _ => FetchError::Local(format!("cannot be read: {e}")),
+        _ => cannot_read(e),
     };
     // `metadata` does not open the file, so it cannot block on a pipe.
     let kind = std::fs::metadata(path).map_err(unusable)?.file_type();
@@ -97,11 +102,11 @@ fn open_regular(path: &str) -> Result<std::fs::File, FetchError> {
     }
     let f = std::fs::File::open(path).map_err(unusable)?;
     // The path may have been replaced between the check and the open.
-    let kind = f.metadata().map_err(unusable)?.file_type();
-    if !kind.is_file() {
-        return Err(not_regular(kind));
+    let meta = f.metadata().map_err(unusable)?;
+    if !meta.file_type().is_file() {
+        return Err(not_regular(meta.file_type()));
     }
-    Ok(f)
+    Ok((f, meta.len()))
 }
 
 fn not_regular(kind: std::fs::FileType) -> FetchError {
@@ -140,15 +145,13 @@ impl Transport for FileTransport {
         sink: &mut dyn FnMut(&[u8]),
     ) -> Result<(), FetchError> {
         use std::io::{Seek, SeekFrom};
-        let mut f = open_regular(url)?;
-        let read_err = |e: std::io::Error| FetchError::Local(format!("cannot be read: {e}"));
-        let len = f.metadata().map_err(read_err)?.len();
-        f.seek(SeekFrom::Start(start)).map_err(read_err)?;
+        let (mut f, len) = open_regular(url)?;
+        f.seek(SeekFrom::Start(start)).map_err(cannot_read)?;
         let mut left = end.map(|e| e.saturating_sub(start)).unwrap_or(len.saturating_sub(start) + 1);
         let mut buf = vec![0u8; 1 << 20];
         while left > 0 {
             let want = (buf.len() as u64).min(left) as usize;
-            let n = f.read(&mut buf[..want]).map_err(read_err)?;
+            let n = f.read(&mut buf[..want]).map_err(cannot_read)?;
             if n == 0 {
                 break;
             }
