@@ -88,6 +88,12 @@ impl AdapterInfo {
         }
     }
 
+    /// The adapter in a few words: its name, and the graphics API behind it when there is one
+    /// (`NVIDIA H100 (Vulkan)`; the CPU backend is just `burn flex (CPU)`).
+    pub fn describe(&self) -> String {
+        if self.graphics_api.is_empty() { self.name.clone() } else { format!("{} ({})", self.name, self.graphics_api) }
+    }
+
     /// The description of the CPU backend.
     pub fn cpu() -> Self {
         if cfg!(target_arch = "wasm32") {
@@ -106,7 +112,7 @@ impl AdapterInfo {
 
 /// The most weight bytes (the manifest's total) the browser loads onto the CPU backend: the
 /// module's linear memory is at most 4 GiB and holds the weights, the activations and the
-/// loader's buffers; the demo model (10.7 MB) fits many times, the full models (≥ 1.4 GB at q8,
+/// loader's buffers; the demo model (13.5 MB) fits many times, the full models (≥ 1.5 GB at q8,
 /// and several GiB once a step runs) do not.
 pub const WASM_CPU_MAX_WEIGHT_BYTES: u64 = 512 << 20;
 

@@ -115,7 +115,7 @@ impl ModelArgs {
     pub fn load_with_info(&self) -> anyhow::Result<(StableDiffusion, backend::AdapterInfo)> {
         let spec = ModelSpec::from_id(&self.model)?;
         let (device, info) = backend::device(self.backend)?;
-        eprintln!("dreamdist: {} on {} ({})", spec.id, info.name, info.graphics_api);
+        eprintln!("dreamdist: {} on {}", spec.id, info.describe());
         let mut sd = match (&self.weights, &self.manifest, self.random_weights) {
             (Some(dir), _, _) => StableDiffusion::from_dir(spec, dir, &device)
                 .with_context(|| format!("loading weights from {}", dir.display()))?,

@@ -67,9 +67,8 @@ fn step(kind: BackendKind, a: &CrosscheckArgs) -> anyhow::Result<StepResult> {
     let g = block_on(read(g))?;
     let ms = now_ms() - t0;
     eprintln!(
-        "crosscheck: {} ({}) gradient in {:.1} s, loss {loss:.6}, peak pool {:.2} GiB",
-        info.name,
-        info.graphics_api,
+        "crosscheck: {} gradient in {:.1} s, loss {loss:.6}, peak pool {:.2} GiB",
+        info.describe(),
         ms / 1000.0,
         peak.bytes.unwrap_or(0) as f64 / (1u64 << 30) as f64
     );

@@ -85,7 +85,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                println!("adapter: {} ({})", info.name, info.graphics_api);
+                println!("adapter: {}", info.describe());
                 for (i, round) in report.rounds.iter().enumerate() {
                     println!("round {} ({:.1} ms)", i + 1, round.ms);
                     for op in &round.ops {

@@ -49,6 +49,8 @@ fn train_sample_mix_edit_and_resume() {
     let a = d.join("a.ddist");
     let (ok, log) = train(&d.join("imgs"), &a, &[]);
     assert!(ok, "{log}");
+    // The device line names the CPU backend with no empty graphics-API field after it.
+    assert!(log.lines().any(|l| l.ends_with("tiny on burn flex (CPU)")), "{log}");
     assert!(!d.join("a.ddist.ckpt").exists(), "checkpoint removed after success");
     let fa = DistFile::from_bytes(&std::fs::read(&a).unwrap()).unwrap();
     assert_eq!((fa.k, fa.m, fa.hidden, fa.train.steps, fa.loss_curve.len()), (3, 2, 32, 4, 4));
