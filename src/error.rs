@@ -40,6 +40,20 @@ impl Error {
     pub fn io(context: impl fmt::Display, source: std::io::Error) -> Self {
         Error::Io { context: context.to_string(), source }
     }
+
+    /// The same error with `what` (a file, a URL, a component) in front of its message, under
+    /// one prefix: `weights: unet: ...`, never `weights: unet: weights: ...`.
+    pub fn context(self, what: impl fmt::Display) -> Self {
+        match self {
+            Error::Weights(m) => Error::Weights(format!("{what}: {m}")),
+            Error::Device(m) => Error::Device(format!("{what}: {m}")),
+            Error::Readback(m) => Error::Readback(format!("{what}: {m}")),
+            Error::Storage(m) => Error::Storage(format!("{what}: {m}")),
+            Error::Invalid(m) => Error::Invalid(format!("{what}: {m}")),
+            Error::Io { context, source } => Error::Io { context: format!("{what}: {context}"), source },
+            e @ (Error::Cancelled | Error::File(_)) => e,
+        }
+    }
 }
 
 /// Result with the crate's [`Error`].

@@ -758,7 +758,16 @@ impl DistFile {
             return Err(mismatch());
         }
         if let (Some(a), Some(b)) = (&mine.identity, &loaded.identity) {
-            return if a.eq_ignore_ascii_case(b) { Ok(None) } else { Err(mismatch()) };
+            if a.eq_ignore_ascii_case(b) {
+                return Ok(None);
+            }
+            let renamed = IDENTITY_RENAMES
+                .iter()
+                .find(|r| r.model == mine.id && a.eq_ignore_ascii_case(r.before) && b.eq_ignore_ascii_case(r.after));
+            return match renamed {
+                Some(r) => Ok(Some(format!("this distribution names `{}` by its identity before {}", mine.id, r.why))),
+                None => Err(mismatch()),
+            };
         }
         let legacy = &mine.text_encoder_sha256;
         if legacy.is_empty() {
@@ -780,6 +789,24 @@ impl DistFile {
         )))
     }
 }
+
+/// A model whose identity changed while its weights did not (in effect): files naming the old
+/// identity are accepted on the new one, with a note. Part of the program, not of any manifest:
+/// a manifest cannot add one.
+struct IdentityRename {
+    model: &'static str,
+    before: &'static str,
+    after: &'static str,
+    why: &'static str,
+}
+
+const IDENTITY_RENAMES: &[IdentityRename] = &[IdentityRename {
+    model: "demo",
+    before: "9f8878bf808bfd6f10d36bc7fdf53c3d01e07e4c467663bcd201f3499cf60a47",
+    after: "7e846116c51954e5196c9c9f93e7230744e711a22cfc59b6c5edd178bb5fb30f",
+    why: "2026-12-08, when the bundled demo model's token table went from q8 to f16 (the same values, to \
+          f16 precision) so that its identity could be checked; it was learned on the same weights",
+}];
 
 fn check_dims(k: usize, m: usize, hidden: usize) -> Result<(), FileError> {
     for (what, value, max) in [("k", k, MAX_K), ("m", m, MAX_M), ("hidden", hidden, MAX_HIDDEN)] {
@@ -1438,6 +1465,31 @@ mod tests {
         other.text_encoder_sha256 = "cd".repeat(32);
         let msg = f.check_model(&other).unwrap_err().to_string();
         assert!(msg.contains("ababab") && msg.contains("cdcdcd"), "{msg}");
+    }
+
+    /// A rename the program knows (the demo model's identity before its token table became f16)
+    /// is accepted with a note, one way only and for that model only; any other differing
+    /// identity is still another model.
+    #[test]
+    fn known_identity_renames_load_with_a_note() {
+        let r = &IDENTITY_RENAMES[0];
+        let mut f = sample(1, 1, 8, Precision::F16, false, 0, 0);
+        f.model.id = r.model.into();
+        f.model.identity = Some(r.before.into());
+        let mut loaded = f.model.clone();
+        loaded.identity = Some(r.after.into());
+        let note = f.check_model(&loaded).unwrap().expect("a note");
+        assert!(note.contains("identity before 2026-12-08"), "{note}");
+        f.model.identity = Some(r.after.into());
+        loaded.identity = Some(r.before.into());
+        assert!(matches!(f.check_model(&loaded), Err(FileError::ModelMismatch { .. })), "not backwards");
+        f.model.identity = Some(r.before.into());
+        loaded.identity = Some("12".repeat(32));
+        assert!(matches!(f.check_model(&loaded), Err(FileError::ModelMismatch { .. })));
+        f.model.id = "tiny".into();
+        loaded.id = "tiny".into();
+        loaded.identity = Some(r.after.into());
+        assert!(matches!(f.check_model(&loaded), Err(FileError::ModelMismatch { .. })), "for the demo only");
     }
 
     /// One seeded structural mutation of a valid file.

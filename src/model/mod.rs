@@ -243,7 +243,7 @@ impl StableDiffusion {
     pub fn from_bytes(spec: ModelSpec, text: Vec<u8>, unet: Vec<u8>, vae: Vec<u8>, device: &Device) -> Result<Self> {
         use crate::weights::load_from_bytes;
         let legacy = crate::weights::sha256_hex(&text);
-        let ctx = |what: &'static str| move |e: Error| Error::Weights(format!("{what}: {e}"));
+        let ctx = |what: &'static str| move |e: Error| e.context(what);
         let (t, tb) = measured(device, || {
             load_from_bytes(text, ClipConfig::key_rewrites(), device, |vb| ClipTextEncoder::new(vb, &spec.clip))
         });

@@ -313,12 +313,15 @@ impl Engine {
         let mut transport = FetchTransport::default();
         let murl = crate::weights::loader::join(url, "manifest.json");
         let mut bytes = vec![];
-        let fetched =
-            crate::weights::loader::Transport::get(&mut transport, &murl, 0, None, &mut |c| bytes.extend_from_slice(c))
-                .await;
+        // At most one byte more than a manifest may have: an endless body costs the tab nothing.
+        let limit = crate::weights::manifest::MAX_MANIFEST_BYTES as u64 + 1;
+        let fetched = crate::weights::loader::Transport::get(&mut transport, &murl, 0, None, limit, &mut |c| {
+            bytes.extend_from_slice(c)
+        })
+        .await;
         match fetched {
             Ok(()) => {
-                let m = Manifest::from_json(&bytes).map_err(|e| js_err(format!("{murl}: {e}")))?;
+                let m = Manifest::from_json(&bytes).map_err(|e| js_err(e.context(&murl)))?;
                 cache.put_manifest(&key, &bytes).await.map_err(js_err)?;
                 Ok(m)
             }
@@ -425,10 +428,16 @@ impl Engine {
             if !seen.insert(m.shards.iter().map(|s| s.sha256.as_str()).collect::<Vec<_>>().join(",")) {
                 continue;
             }
-            let bytes: u64 = m.shards.iter().filter_map(|s| cached.get(s.sha256.as_str())).sum();
+            let mut distinct = std::collections::HashSet::new();
+            let bytes: u64 = m
+                .shards
+                .iter()
+                .filter(|s| distinct.insert(s.sha256.as_str()))
+                .filter_map(|s| cached.get(s.sha256.as_str()))
+                .sum();
             models.push(serde_json::json!({
                 "model": m.model.id, "quant": m.quant, "source": m.source, "bytes": bytes,
-                "totalBytes": m.total_bytes, "complete": m.shards.iter().all(|s| cached.contains_key(s.sha256.as_str())),
+                "totalBytes": m.download_bytes(), "complete": m.shards.iter().all(|s| cached.contains_key(s.sha256.as_str())),
             }));
         }
         let est = storage_estimate().await;

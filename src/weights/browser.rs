@@ -43,6 +43,7 @@ impl Transport for FetchTransport {
         url: &str,
         start: u64,
         end: Option<u64>,
+        limit: u64,
         sink: &mut dyn FnMut(&[u8]),
     ) -> Result<(), FetchError> {
         let net = |e: JsValue| FetchError::Network(js_msg(&e));
@@ -67,7 +68,7 @@ impl Transport for FetchTransport {
             200 => start,
             s => return Err(FetchError::Status(s)),
         };
-        let mut left = end.map(|e| e.saturating_sub(start));
+        let mut left = end.map_or(limit, |e| e.saturating_sub(start).min(limit));
         let Some(body) = resp.body() else { return Ok(()) };
         let reader: ReadableStreamDefaultReader = body.get_reader().unchecked_into();
         loop {
@@ -85,13 +86,11 @@ impl Transport for FetchTransport {
             }
             slice = &slice[skip as usize..];
             skip = 0;
-            if let Some(l) = left.as_mut() {
-                let take = (*l).min(slice.len() as u64) as usize;
-                slice = &slice[..take];
-                *l -= take as u64;
-            }
+            let take = left.min(slice.len() as u64) as usize;
+            slice = &slice[..take];
+            left -= take as u64;
             sink(slice);
-            if left == Some(0) {
+            if left == 0 {
                 let _ = reader.cancel();
                 return Ok(());
             }

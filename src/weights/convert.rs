@@ -12,77 +12,12 @@ use sha2::Digest;
 
 use super::identity::IdentityHasher;
 use super::manifest::{self, ComponentTotals, Identity, Manifest, Part, ShardEntry, TensorEntry};
-use super::quant::{self, Storage};
+use super::quant::{self, shape_text};
 use super::{Init, RandomSource, Role};
-use crate::model::{ClipTextEncoder, ModelSpec, UNet, Vae};
+use crate::model::ModelSpec;
 use crate::{Error, Result};
 
-/// Conversion schemes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Quant {
-    /// 8-bit weights.
-    Q8,
-    /// 4-bit weights (token embedding 8-bit).
-    Q4,
-    /// f16 weights.
-    F16,
-    /// f32 weights.
-    F32,
-}
-
-impl std::str::FromStr for Quant {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "q8" => Ok(Quant::Q8),
-            "q4" => Ok(Quant::Q4),
-            "f16" => Ok(Quant::F16),
-            "f32" => Ok(Quant::F32),
-            _ => Err(Error::Invalid(format!("unknown --quant {s:?} (q8, q4, f16 or f32)"))),
-        }
-    }
-}
-
-impl Quant {
-    /// Manifest name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Quant::Q8 => "q8",
-            Quant::Q4 => "q4",
-            Quant::F16 => "f16",
-            Quant::F32 => "f32",
-        }
-    }
-}
-
-/// Smallest tensor (elements) that is quantized; smaller ones (first/last layers, small
-/// projections) stay in f32 where quantization would cost accuracy for no memory.
-pub const MIN_QUANT_ELEMENTS: usize = 1 << 14;
-
-/// The storage of a tensor under a scheme: linear and convolution weights (and the token
-/// embedding) are quantized when their last stored axis is a whole number of blocks; norms,
-/// biases and the position embedding stay f32.
-pub fn storage_for(quant: Quant, role: Role, stored_shape: &[usize]) -> Storage {
-    let n: usize = stored_shape.iter().product();
-    let big = matches!(role, Role::Linear | Role::Conv | Role::HostTable) && n >= MIN_QUANT_ELEMENTS;
-    let q = match quant {
-        Quant::F32 => Storage::F32,
-        Quant::F16 => Storage::F16,
-        Quant::Q8 => Storage::Q8,
-        Quant::Q4 if role == Role::HostTable => Storage::Q8,
-        Quant::Q4 => Storage::Q4,
-    };
-    if !big {
-        return Storage::F32;
-    }
-    if q.fits(stored_shape) {
-        q
-    } else if quant == Quant::F32 {
-        Storage::F32
-    } else {
-        Storage::F16
-    }
-}
+pub use super::inventory::{MIN_QUANT_ELEMENTS, Quant, component_inventory, storage_for};
 
 /// Checkpoint values of a component's tensors.
 #[allow(async_fn_in_trait)]
@@ -106,20 +41,6 @@ impl TensorSource for RandomSource {
 pub trait ShardSink {
     /// Writes a finished shard.
     async fn write(&mut self, file: &str, bytes: &[u8]) -> Result<()>;
-}
-
-/// The parameter inventory of a component of `spec` (placeholders on `device`).
-pub fn component_inventory(
-    spec: &ModelSpec,
-    component: &str,
-    device: &burn::tensor::Device,
-) -> Vec<(String, Vec<usize>, Role, Init)> {
-    match component {
-        "text_encoder" => super::inventory_on(device, |vb| ClipTextEncoder::new(vb, &spec.clip)),
-        "unet" => super::inventory_on(device, |vb| UNet::new(vb, &spec.unet)),
-        "vae" => super::inventory_on(device, |vb| Vae::new(vb, &spec.vae)),
-        _ => vec![],
-    }
 }
 
 struct ShardWriter<'a, S: ShardSink> {
@@ -192,7 +113,11 @@ pub async fn convert<S: ShardSink, T: TensorSource>(
             progress(component, i, inv.len());
             let values = src.tensor(name, shape, *init).await?;
             if values.len() != shape.iter().product::<usize>() {
-                return Err(Error::Weights(format!("{component}/{name}: {} values for shape {shape:?}", values.len())));
+                return Err(Error::Weights(format!(
+                    "{component}/{name}: {} values for shape {}",
+                    values.len(),
+                    shape_text(shape)
+                )));
             }
             if *role == Role::HostTable && *component == "text_encoder" {
                 let mut h = IdentityHasher::new(&spec.clip);

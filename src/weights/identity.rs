@@ -12,7 +12,10 @@
 //! space, so a model with other token embeddings (another text encoder) gets another identity.
 use sha2::Digest;
 
+use super::HostTable;
+use super::quant::Storage;
 use crate::model::ClipConfig;
+use crate::{Error, Result};
 
 /// Incremental identity hasher (feed the embedding in row-major chunks).
 pub struct IdentityHasher {
@@ -36,6 +39,11 @@ impl IdentityHasher {
         }
         self.h.update(&buf);
     }
+    /// Feeds token-embedding values already in f16 (little-endian bytes, continuing row-major
+    /// order): the same as [`update`](Self::update) with their f32 values.
+    pub fn update_f16_le(&mut self, bytes: &[u8]) {
+        self.h.update(bytes);
+    }
     /// The identity (lower-case hex).
     pub fn finish(self) -> String {
         super::hex(&self.h.finalize())
@@ -47,4 +55,28 @@ pub fn text_encoder_identity(cfg: &ClipConfig, token_embedding: &[f32]) -> Strin
     let mut h = IdentityHasher::new(cfg);
     h.update(token_embedding);
     h.finish()
+}
+
+/// The identity of a text encoder with this config and a stored token embedding. The table
+/// must be lossless with respect to the identity (f16 or f32): a quantized table no longer
+/// holds the values the identity was computed from.
+pub fn of_table(cfg: &ClipConfig, table: &HostTable) -> Result<String> {
+    let mut h = IdentityHasher::new(cfg);
+    match table.storage {
+        Storage::F16 => h.update_f16_le(&table.bytes),
+        Storage::F32 => {
+            // In pieces of 64k values: the table is tens of MiB.
+            for piece in table.bytes.chunks(4 << 16) {
+                let values: Vec<f32> =
+                    piece.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+                h.update(&values);
+            }
+        }
+        s => {
+            return Err(Error::Weights(format!(
+                "the token embedding is stored as {s}, from which the model's identity cannot be computed"
+            )));
+        }
+    }
+    Ok(h.finish())
 }

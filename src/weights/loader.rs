@@ -20,7 +20,7 @@ use serde::Serialize;
 use sha2::Digest;
 
 use super::manifest::{Layout, Manifest, ShardEntry, TensorEntry};
-use super::quant::{self, Storage};
+use super::quant::{self, Storage, shape_text};
 use super::{DeviceTensor, HostTable, ParamSource, Provided, Request};
 use crate::{Error, Result};
 
@@ -56,13 +56,16 @@ impl std::fmt::Display for FetchError {
 #[allow(async_fn_in_trait)]
 pub trait Transport {
     /// GETs bytes `start..end` of `url` (`end = None`: to the end; a `Range` request unless the
-    /// whole body is asked for) and passes them to `sink` chunk by chunk. When the server
+    /// whole body is asked for) and passes them to `sink` chunk by chunk, never more than
+    /// `limit` bytes in all: it stops reading there (callers ask for one byte more than they
+    /// were promised, to notice a longer body without reading an endless one). When the server
     /// ignores the range and sends the whole body, the transport skips and trims it itself.
     async fn get(
         &mut self,
         url: &str,
         start: u64,
         end: Option<u64>,
+        limit: u64,
         sink: &mut dyn FnMut(&[u8]),
     ) -> Result<(), FetchError>;
     /// Waits (retry backoff).
@@ -348,7 +351,8 @@ async fn fetch_shard<T: Transport, C: ShardCache>(
                         progress(&progress_event(shard, "download", meter, comp.0 + got, comp.1));
                     }
                 };
-                transport.get(&url, start, None, &mut sink).await
+                // One byte more than the shard has left: enough to see that a body is too long.
+                transport.get(&url, start, None, shard.bytes - start + 1, &mut sink).await
             };
             if let Some(e) = write_err {
                 return Err(cache.explain_write_error(shard.bytes, e).await);
@@ -533,6 +537,26 @@ impl ManifestSource {
         Ok(())
     }
 
+    /// Keeps a built tensor; the token embedding first proves the manifest's identity.
+    fn keep(&mut self, t: &TensorEntry, stored: Stored) -> Result<()> {
+        if let Stored::Host(table) = &stored
+            && t.component() == "text_encoder"
+        {
+            let claimed = &self.manifest.identity.text_encoder;
+            let actual = super::identity::of_table(&self.manifest.model.clip, table)?;
+            if &actual != claimed {
+                return Err(Error::Weights(format!(
+                    "{}: the manifest gives the model the identity {claimed}, but the token embedding it holds \
+                     has the identity {actual}: a manifest that names another model than its weights would let \
+                     files learned on one pass for the other; refusing it",
+                    t.name
+                )));
+            }
+        }
+        self.ready.insert(t.name.clone(), stored);
+        Ok(())
+    }
+
     async fn ingest_tensors<C: ShardCache>(&mut self, index: usize, cache: &mut C) -> Result<()> {
         let shard_len = self.manifest.shards.get(index).map_or(0, |s| s.bytes);
         let mut parts: Vec<(u64, u64, usize)> = vec![];
@@ -552,7 +576,7 @@ impl ManifestSource {
                 let mut bytes = vec![0u8; length as usize];
                 cache.read_at(offset, &mut bytes).await?;
                 let stored = build(&t, bytes, &self.device)?;
-                self.ready.insert(t.name.clone(), stored);
+                self.keep(&t, stored)?;
                 if length >= 1 << 20 {
                     self.settle().await?;
                 }
@@ -568,7 +592,7 @@ impl ManifestSource {
             if buf.len() as u64 == t.byte_len() {
                 let data = self.assembling.remove(&i).expect("present");
                 let stored = build(&t, data, &self.device)?;
-                self.ready.insert(t.name.clone(), stored);
+                self.keep(&t, stored)?;
                 self.settle().await?;
             }
         }
@@ -642,17 +666,18 @@ impl ParamSource for ComponentSource {
         let stored_shape = req.role.stored_shape(req.shape);
         let placeholder = || Provided::Values(vec![0.0; req.shape.iter().product()]);
         let Some(entry) = self.entries.get(req.name) else {
-            self.problems.push(format!("missing {} {:?}", req.name, req.shape));
+            self.problems.push(format!("{} ({}) is missing", req.name, shape_text(req.shape)));
             return placeholder();
         };
         self.used.insert(req.name.to_string());
         if entry.shape != stored_shape || entry.layout != req.role.layout(req.shape) {
             self.problems.push(format!(
-                "{} is stored as {:?} {:?}, expected {stored_shape:?} {:?}",
+                "{} is {} {}, the model needs {} {}",
                 req.name,
                 entry.layout,
-                entry.shape,
-                req.role.layout(req.shape)
+                shape_text(&entry.shape),
+                req.role.layout(req.shape),
+                shape_text(&stored_shape)
             ));
             return placeholder();
         }
@@ -694,25 +719,39 @@ pub async fn load_shards<T: Transport, C: ShardCache>(
     cancelled: &dyn Fn() -> bool,
 ) -> Result<LoadReport> {
     let t0 = crate::backend::now_ms();
-    let shards: Vec<(usize, ShardEntry)> = source
-        .manifest
-        .shards
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| components.contains(&s.component.as_str()))
-        .map(|(i, s)| (i, s.clone()))
-        .collect();
+    // One entry per distinct file contents (SHA-256), with every shard index that names it:
+    // shards with the same hash are fetched, stored and counted once.
+    let mut shards: Vec<(ShardEntry, Vec<usize>)> = vec![];
+    for (i, s) in source.manifest.shards.iter().enumerate() {
+        if !components.contains(&s.component.as_str()) {
+            continue;
+        }
+        match shards.iter_mut().find(|(e, _)| e.sha256 == s.sha256) {
+            Some((_, at)) => at.push(i),
+            None => shards.push((s.clone(), vec![i])),
+        }
+    }
+    let mut comp_total: HashMap<String, u64> = HashMap::new();
+    for (s, _) in &shards {
+        *comp_total.entry(s.component.clone()).or_default() += s.bytes;
+    }
     let mut report = LoadReport { shards: shards.len(), ..Default::default() };
-    let mut meter = Meter { started_ms: t0, downloaded: 0, done: 0, total: shards.iter().map(|s| s.1.bytes).sum() };
+    let mut meter = Meter { started_ms: t0, downloaded: 0, done: 0, total: shards.iter().map(|s| s.0.bytes).sum() };
     let mut comp_done: HashMap<String, u64> = HashMap::new();
-    for (i, shard) in shards {
+    for (shard, indices) in shards {
         if cancelled() {
             return Err(Error::Cancelled);
         }
-        let total = source.manifest.component_bytes(&shard.component);
+        let total = comp_total[&shard.component];
         let done = *comp_done.get(&shard.component).unwrap_or(&0);
         fetch_shard(transport, cache, base, &shard, retry, &mut report, &mut meter, progress, (done, total)).await?;
-        let ingested = source.ingest(i, cache).await;
+        let mut ingested = Ok(());
+        for i in indices {
+            ingested = source.ingest(i, cache).await;
+            if ingested.is_err() {
+                break;
+            }
+        }
         cache.close().await;
         ingested?;
         source.settle().await?;

@@ -10,11 +10,13 @@
 //! allocation that depends on it: sizes and counts are capped, names are plain (no paths), every
 //! part lies inside its shard, parts never overlap, and each tensor's parts add up to exactly
 //! the bytes its shape and storage need.
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::quant::Storage;
+use super::inventory::{self, Quant};
+pub use super::inventory::{COMPONENTS, Layout};
+use super::quant::{Storage, shape_text};
 use crate::model::ModelSpec;
 use crate::{Error, Result};
 
@@ -32,28 +34,6 @@ pub const MAX_TENSORS: usize = 20_000;
 pub const MAX_SHARDS: usize = 4_096;
 /// Largest tensor (elements).
 pub const MAX_TENSOR_ELEMENTS: usize = 1 << 30;
-/// The three components of a Stable Diffusion model, in loading order.
-pub const COMPONENTS: [&str; 3] = ["text_encoder", "unet", "vae"];
-
-/// How a stored tensor relates to the checkpoint's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Hash)]
-#[serde(rename_all = "snake_case")]
-pub enum Layout {
-    /// As in the checkpoint.
-    Plain,
-    /// A linear weight stored transposed, `[in, out]` (checkpoint `[out, in]`), so a forward is
-    /// a plain (quantized) matmul.
-    LinearT,
-    /// A convolution weight `[O, I, k, k]` stored as `[O, I·k·k]` (same bytes), quantized along
-    /// the flattened kernel.
-    Conv2d {
-        /// Kernel side.
-        k: usize,
-    },
-    /// A table the host keeps (the token embedding): rows are gathered on the CPU, never sent to
-    /// the GPU whole.
-    HostTable,
-}
 
 /// One byte range of a tensor inside a shard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,13 +159,22 @@ pub fn is_sha256_hex(s: &str) -> bool {
 impl Manifest {
     /// Parses and validates a manifest.
     pub fn from_json(bytes: &[u8]) -> Result<Self> {
+        let m = Self::parse(bytes)?;
+        m.validate()?;
+        Ok(m)
+    }
+
+    fn parse(bytes: &[u8]) -> Result<Self> {
         if bytes.len() > MAX_MANIFEST_BYTES {
             return Err(invalid(format!("{} bytes, over the {MAX_MANIFEST_BYTES}-byte limit", bytes.len())));
         }
         let probe: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| invalid(format!("not JSON: {e}")))?;
         match probe.get("format").and_then(|v| v.as_str()) {
             Some(FORMAT) => {}
-            other => return Err(invalid(format!("format is {other:?}, expected {FORMAT:?}"))),
+            Some(other) => {
+                return Err(invalid(format!("its format is \"{other}\"; a dreamdist model says \"{FORMAT}\"")));
+            }
+            None => return Err(invalid(format!("it has no \"format\" (a dreamdist model says \"{FORMAT}\")"))),
         }
         match probe.get("version").and_then(|v| v.as_u64()) {
             Some(v) if v >= 1 && v <= VERSION as u64 => {}
@@ -194,10 +183,14 @@ impl Manifest {
                     "version {v} was written by a newer dreamdist (this one reads {VERSION})"
                 )));
             }
-            other => return Err(invalid(format!("version {other:?} is not supported"))),
+            Some(v) => {
+                return Err(invalid(format!(
+                    "version {v} is not a version of the format (this dreamdist reads 1 to {VERSION})"
+                )));
+            }
+            None => return Err(invalid("it has no \"version\" number")),
         }
         let m: Manifest = serde_json::from_value(probe).map_err(|e| invalid(e.to_string()))?;
-        m.validate()?;
         Ok(m)
     }
 
@@ -207,14 +200,27 @@ impl Manifest {
         serde_json::to_vec_pretty(self).map_err(|e| invalid(e.to_string()))
     }
 
-    /// Checks every rule of the format.
+    /// Checks every rule of the format, and that the tensors are exactly the model's.
     pub fn validate(&self) -> Result<()> {
+        self.validate_with(false)
+    }
+
+    /// Parses a manifest written by an older dreamdist for reconversion: like
+    /// [`from_json`](Self::from_json), but a q8 token embedding is accepted (a model loaded
+    /// from it could not have its identity checked, so loading refuses it).
+    pub fn from_json_for_reconversion(bytes: &[u8]) -> Result<Self> {
+        let m = Self::parse(bytes)?;
+        m.validate_with(true)?;
+        Ok(m)
+    }
+
+    fn validate_with(&self, legacy_table: bool) -> Result<()> {
         let known = ModelSpec::from_id(&self.model.id).map_err(|e| invalid(e.to_string()))?;
         if known != self.model {
             return Err(invalid(format!("the model spec differs from dreamdist's `{}`", self.model.id)));
         }
         if !["q8", "q4", "f16", "f32"].contains(&self.quant.as_str()) {
-            return Err(invalid(format!("unknown quant {:?}", self.quant)));
+            return Err(invalid(format!("unknown quantization {:?} (q8, q4, f16 or f32)", self.quant)));
         }
         if !is_sha256_hex(&self.identity.text_encoder) {
             return Err(invalid("identity.text_encoder is not a lower-case hex SHA-256"));
@@ -268,20 +274,26 @@ impl Manifest {
                 .try_fold(1usize, |a, &d| a.checked_mul(d))
                 .filter(|&n| n > 0 && n <= MAX_TENSOR_ELEMENTS);
             if n.is_none() || t.shape.is_empty() || t.shape.len() > 4 {
-                return Err(invalid(format!("tensor {}: shape {:?} is out of range", t.name, t.shape)));
+                return Err(invalid(format!("tensor {}: shape {} is out of range", t.name, shape_text(&t.shape))));
             }
             if !t.storage.fits(&t.shape) {
                 return Err(invalid(format!(
-                    "tensor {}: shape {:?} cannot be stored as {:?}",
-                    t.name, t.shape, t.storage
+                    "tensor {}: shape {} cannot be stored as {}",
+                    t.name,
+                    shape_text(&t.shape),
+                    t.storage
                 )));
             }
             match t.layout {
                 Layout::LinearT | Layout::HostTable if t.shape.len() != 2 => {
-                    return Err(invalid(format!("tensor {}: layout {:?} needs a 2-D shape", t.name, t.layout)));
+                    return Err(invalid(format!("tensor {}: {} needs a 2-D shape", t.name, t.layout)));
                 }
                 Layout::Conv2d { k } if t.shape.len() != 2 || k == 0 || k > 7 || t.shape[1] % (k * k) != 0 => {
-                    return Err(invalid(format!("tensor {}: bad conv layout for shape {:?}", t.name, t.shape)));
+                    return Err(invalid(format!(
+                        "tensor {}: a convolution layout does not fit shape {}",
+                        t.name,
+                        shape_text(&t.shape)
+                    )));
                 }
                 _ => {}
             }
@@ -312,21 +324,104 @@ impl Manifest {
             }
             if sum != t.byte_len() {
                 return Err(invalid(format!(
-                    "tensor {}: parts hold {sum} bytes, a {:?} {:?} tensor needs {}",
+                    "tensor {}: parts hold {sum} bytes, a {} {} tensor needs {}",
                     t.name,
                     t.storage,
-                    t.shape,
+                    shape_text(&t.shape),
                     t.byte_len()
                 )));
             }
         }
+        // What the model needs, before how the shards hold it: "unet/x is missing" says more
+        // than the byte count of a shard that lacks it.
+        self.check_inventory(legacy_table)?;
+        let mut sizes: HashMap<&str, (&str, u64)> = HashMap::new();
         for (i, r) in ranges.iter_mut().enumerate() {
+            let s = &self.shards[i];
             r.sort_unstable();
             if r.windows(2).any(|w| w[1].0 < w[0].1) {
-                return Err(invalid(format!("tensors overlap in shard {}", self.shards[i].file)));
+                return Err(invalid(format!("tensors overlap in shard {}", s.file)));
+            }
+            // The shard holds its tensors and nothing else: no byte is downloaded for nothing.
+            let held: u64 = r.iter().map(|(a, b)| b - a).sum();
+            if held != s.bytes {
+                return Err(invalid(format!(
+                    "shard {} is declared as {} bytes, but its tensors take {held}",
+                    s.file, s.bytes
+                )));
+            }
+            // One hash, one file: shards with the same contents are fetched and stored once.
+            match sizes.insert(&s.sha256, (&s.file, s.bytes)) {
+                Some((other, bytes)) if bytes != s.bytes => {
+                    return Err(invalid(format!(
+                        "shards {other} and {} have the same SHA-256 but different sizes ({bytes} and {} bytes)",
+                        s.file, s.bytes
+                    )));
+                }
+                _ => {}
             }
         }
         Ok(())
+    }
+
+    /// Checks the tensors against the model's own parameter inventory under the manifest's
+    /// scheme ([`inventory::expected`]): every tensor the model asks for, in its stored shape,
+    /// layout and storage, and no other. `legacy_table` accepts a q8 token embedding (what
+    /// dreamdist wrote before the table became lossless), for reconversion only.
+    fn check_inventory(&self, legacy_table: bool) -> Result<()> {
+        let quant: Quant = self.quant.parse().map_err(|e: Error| invalid(e.to_string()))?;
+        let expected = inventory::expected(&self.model, quant);
+        let mut problems = vec![];
+        let mut legacy = false;
+        let mut seen = HashSet::new();
+        for t in &self.tensors {
+            let Some(e) = expected.get(&t.name) else {
+                problems.push(format!("{} is not a parameter of the model", t.name));
+                continue;
+            };
+            seen.insert(t.name.as_str());
+            if e.shape != t.shape || e.layout != t.layout {
+                problems.push(format!(
+                    "{} is {} {}, the model needs {} {}",
+                    t.name,
+                    t.layout,
+                    shape_text(&t.shape),
+                    e.layout,
+                    shape_text(&e.shape)
+                ));
+            } else if e.storage != t.storage {
+                if t.layout == Layout::HostTable && t.storage == Storage::Q8 && quant != Quant::F32 {
+                    legacy = true;
+                    if legacy_table {
+                        continue;
+                    }
+                }
+                problems.push(format!(
+                    "{} is stored as {}, a {} conversion stores it as {}",
+                    t.name, t.storage, self.quant, e.storage
+                ));
+            }
+        }
+        let mut missing: Vec<&String> = expected.keys().filter(|k| !seen.contains(k.as_str())).collect();
+        missing.sort();
+        problems.extend(missing.iter().map(|k| format!("{k} is missing")));
+        if problems.is_empty() {
+            return Ok(());
+        }
+        let n = problems.len();
+        problems.truncate(12);
+        let more = if n > 12 { format!("; and {} more", n - 12) } else { String::new() };
+        let hint = if legacy {
+            " (this model was converted by an older dreamdist, which stored the token embedding as q8: \
+             convert it again with `dreamdist convert --from <its folder>`, which keeps the weights)"
+        } else {
+            ""
+        };
+        Err(invalid(format!(
+            "it does not hold the tensors of dreamdist's \"{}\" model{hint}: {}{more}",
+            self.model.id,
+            problems.join("; ")
+        )))
     }
 
     /// Tensors whose parts lie in shard `i`, with their parts there.
@@ -334,8 +429,9 @@ impl Manifest {
         self.tensors.iter().filter(move |t| t.parts.iter().any(|p| p.shard == i))
     }
 
-    /// Bytes to download for a component (all shards holding it).
-    pub fn component_bytes(&self, component: &str) -> u64 {
-        self.shards.iter().filter(|s| s.component == component).map(|s| s.bytes).sum()
+    /// Bytes a load downloads: each distinct shard (by SHA-256) once.
+    pub fn download_bytes(&self) -> u64 {
+        let mut seen = HashSet::new();
+        self.shards.iter().filter(|s| seen.insert(s.sha256.as_str())).map(|s| s.bytes).sum()
     }
 }

@@ -16,6 +16,7 @@
 pub mod browser;
 pub mod convert;
 pub mod identity;
+pub mod inventory;
 pub mod loader;
 pub mod manifest;
 #[cfg(not(target_arch = "wasm32"))]
@@ -358,7 +359,7 @@ pub fn load_from_file<M>(
     build: impl FnOnce(&Vb) -> M,
 ) -> Result<M> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-    load_from_bytes(bytes, rewrites, device, build).map_err(|e| Error::Weights(format!("{}: {e}", path.display())))
+    load_from_bytes(bytes, rewrites, device, build).map_err(|e| e.context(path.display()))
 }
 
 /// Parameters given explicitly by name in checkpoint layout (tests, self-test inputs); every

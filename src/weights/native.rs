@@ -32,6 +32,7 @@ impl Transport for HttpTransport {
         url: &str,
         start: u64,
         end: Option<u64>,
+        limit: u64,
         sink: &mut dyn FnMut(&[u8]),
     ) -> Result<(), FetchError> {
         let mut req = self.agent.get(url);
@@ -47,13 +48,16 @@ impl Transport for HttpTransport {
             200 => start,
             s => return Err(FetchError::Status(s)),
         };
-        let mut left = end.map(|e| e.saturating_sub(start));
+        let mut left = end.map_or(limit, |e| e.saturating_sub(start).min(limit));
         let mut body = resp.into_body();
         let mut reader = body.with_config().limit(u64::MAX).reader();
         let mut buf = vec![0u8; 256 << 10];
         loop {
+            if left == 0 {
+                return Ok(());
+            }
             let n = reader.read(&mut buf).map_err(|e| FetchError::Network(e.to_string()))?;
-            if n == 0 || left == Some(0) {
+            if n == 0 {
                 return Ok(());
             }
             let mut chunk = &buf[..n];
@@ -63,11 +67,9 @@ impl Transport for HttpTransport {
             }
             chunk = &chunk[skip as usize..];
             skip = 0;
-            if let Some(l) = left.as_mut() {
-                let take = (*l).min(chunk.len() as u64) as usize;
-                chunk = &chunk[..take];
-                *l -= take as u64;
-            }
+            let take = left.min(chunk.len() as u64) as usize;
+            chunk = &chunk[..take];
+            left -= take as u64;
             sink(chunk);
         }
     }
@@ -142,12 +144,13 @@ impl Transport for FileTransport {
         url: &str,
         start: u64,
         end: Option<u64>,
+        limit: u64,
         sink: &mut dyn FnMut(&[u8]),
     ) -> Result<(), FetchError> {
         use std::io::{Seek, SeekFrom};
         let (mut f, len) = open_regular(url)?;
         f.seek(SeekFrom::Start(start)).map_err(cannot_read)?;
-        let mut left = end.map(|e| e.saturating_sub(start)).unwrap_or(len.saturating_sub(start) + 1);
+        let mut left = end.map(|e| e.saturating_sub(start)).unwrap_or(len.saturating_sub(start) + 1).min(limit);
         let mut buf = vec![0u8; 1 << 20];
         while left > 0 {
             let want = (buf.len() as u64).min(left) as usize;
@@ -195,11 +198,12 @@ impl Transport for AnyTransport {
         url: &str,
         start: u64,
         end: Option<u64>,
+        limit: u64,
         sink: &mut dyn FnMut(&[u8]),
     ) -> Result<(), FetchError> {
         match self {
-            AnyTransport::Http(t) => t.get(url, start, end, sink).await,
-            AnyTransport::File(t) => t.get(url, start, end, sink).await,
+            AnyTransport::Http(t) => t.get(url, start, end, limit, sink).await,
+            AnyTransport::File(t) => t.get(url, start, end, limit, sink).await,
         }
     }
     async fn sleep_ms(&mut self, ms: u64) {
@@ -338,21 +342,15 @@ impl super::convert::ShardSink for DirSink {
 pub async fn fetch_manifest(transport: &mut AnyTransport, base: &str) -> Result<super::manifest::Manifest> {
     let url = super::loader::join(base, "manifest.json");
     let mut bytes = vec![];
-    let mut too_big = false;
+    let max = super::manifest::MAX_MANIFEST_BYTES;
     transport
-        .get(&url, 0, None, &mut |c| {
-            if bytes.len() + c.len() > super::manifest::MAX_MANIFEST_BYTES {
-                too_big = true;
-            } else {
-                bytes.extend_from_slice(c);
-            }
-        })
+        .get(&url, 0, None, max as u64 + 1, &mut |c| bytes.extend_from_slice(c))
         .await
         .map_err(|e| Error::Weights(format!("{url}: {e}")))?;
-    if too_big {
-        return Err(Error::Weights(format!("{url}: larger than {} bytes", super::manifest::MAX_MANIFEST_BYTES)));
+    if bytes.len() > max {
+        return Err(Error::Weights(format!("{url}: larger than a manifest can be ({max} bytes)")));
     }
-    super::manifest::Manifest::from_json(&bytes).map_err(|e| Error::Weights(format!("{url}: {e}")))
+    super::manifest::Manifest::from_json(&bytes).map_err(|e| e.context(&url))
 }
 
 /// Loads a converted model (a directory or URL holding `manifest.json` and its shards) with no
@@ -377,4 +375,111 @@ pub fn load_uncached(
         &|| false,
     ))?;
     crate::model::StableDiffusion::from_manifest_source(&mut src, device)
+}
+
+/// A converted model directory as a conversion source: every tensor decoded back to f32 in its
+/// checkpoint layout, each shard's SHA-256 checked before its first use. For reconversion: to
+/// another scheme, or a model written by an older dreamdist (a q8 token embedding is accepted
+/// here; its identity becomes that of the decoded table).
+pub struct ConvertedDirSource {
+    dir: PathBuf,
+    manifest: std::rc::Rc<super::manifest::Manifest>,
+    component: String,
+    verified: std::collections::HashSet<usize>,
+    used: usize,
+}
+
+impl ConvertedDirSource {
+    /// The three components' sources (in `manifest::COMPONENTS` order) of the model in `dir`,
+    /// and its manifest.
+    pub fn open(dir: &Path) -> Result<([Self; 3], super::manifest::Manifest)> {
+        let path = dir.join("manifest.json");
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let m = super::manifest::Manifest::from_json_for_reconversion(&bytes).map_err(|e| e.context(path.display()))?;
+        let shared = std::rc::Rc::new(m.clone());
+        let one = |c: &str| Self {
+            dir: dir.to_path_buf(),
+            manifest: shared.clone(),
+            component: c.to_string(),
+            verified: Default::default(),
+            used: 0,
+        };
+        let [a, b, c] = super::manifest::COMPONENTS;
+        Ok(([one(a), one(b), one(c)], m))
+    }
+
+    fn verify(&mut self, shard: usize) -> Result<()> {
+        use sha2::Digest;
+        if self.verified.contains(&shard) {
+            return Ok(());
+        }
+        let s = &self.manifest.shards[shard];
+        let path = self.dir.join(&s.file);
+        let (mut f, len) = open_regular(&path.display().to_string())
+            .map_err(|e| Error::Weights(format!("{}: {e}", path.display())))?;
+        if len != s.bytes {
+            return Err(Error::Weights(format!(
+                "{}: the file has {len} bytes; the manifest says {}",
+                path.display(),
+                s.bytes
+            )));
+        }
+        let mut h = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        let digest = super::hex(&h.finalize());
+        if digest != s.sha256 {
+            return Err(Error::Weights(format!(
+                "{}: the file does not match its manifest (its SHA-256 is {digest}, the manifest says {})",
+                path.display(),
+                s.sha256
+            )));
+        }
+        self.verified.insert(shard);
+        Ok(())
+    }
+}
+
+impl super::convert::TensorSource for ConvertedDirSource {
+    async fn tensor(&mut self, name: &str, shape: &[usize], _init: super::Init) -> Result<Vec<f32>> {
+        use std::io::{Seek, SeekFrom};
+        let full = format!("{}/{name}", self.component);
+        let m = self.manifest.clone();
+        let t =
+            m.tensors.iter().find(|t| t.name == full).ok_or_else(|| Error::Weights(format!("{full} is missing")))?;
+        self.used += 1;
+        let mut bytes = Vec::with_capacity(t.byte_len() as usize);
+        for p in &t.parts {
+            self.verify(p.shard)?;
+            let path = self.dir.join(&m.shards[p.shard].file);
+            let mut f = std::fs::File::open(&path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+            f.seek(SeekFrom::Start(p.offset)).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+            let at = bytes.len();
+            bytes.resize(at + p.length as usize, 0);
+            f.read_exact(&mut bytes[at..]).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        }
+        let values = super::quant::decode(&bytes, &t.shape, t.storage)?;
+        Ok(match t.layout {
+            // Stored [in, out]; the checkpoint's [out, in].
+            super::manifest::Layout::LinearT if shape.len() == 2 => super::transpose(&values, shape[1], shape[0]),
+            _ => values,
+        })
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        let n = self.manifest.tensors.iter().filter(|t| t.component() == self.component).count();
+        if n != self.used {
+            return Err(Error::Weights(format!(
+                "{}: the converted model has {n} tensors, the conversion used {}",
+                self.component, self.used
+            )));
+        }
+        Ok(())
+    }
 }

@@ -27,6 +27,22 @@ pub enum Storage {
     Q4,
 }
 
+impl std::fmt::Display for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Storage::F32 => "f32",
+            Storage::F16 => "f16",
+            Storage::Q8 => "q8",
+            Storage::Q4 => "q4",
+        })
+    }
+}
+
+/// A shape in words: `64×320` (a plain count for 1-D).
+pub fn shape_text(shape: &[usize]) -> String {
+    shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("×")
+}
+
 /// Values per scale block.
 pub const QUANT_BLOCK: usize = 32;
 
@@ -81,10 +97,13 @@ impl Storage {
 pub fn encode(values: &[f32], shape: &[usize], storage: Storage) -> Result<Vec<u8>> {
     let n: usize = shape.iter().product();
     if values.len() != n {
-        return Err(Error::Weights(format!("{} values for shape {shape:?}", values.len())));
+        return Err(Error::Weights(format!("{} values for shape {}", values.len(), shape_text(shape))));
     }
     if !storage.fits(shape) {
-        return Err(Error::Weights(format!("shape {shape:?} does not fit {storage:?} (blocks of {QUANT_BLOCK})")));
+        return Err(Error::Weights(format!(
+            "shape {} cannot be stored as {storage} (blocks of {QUANT_BLOCK})",
+            shape_text(shape)
+        )));
     }
     Ok(match storage {
         Storage::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
@@ -124,8 +143,9 @@ pub fn decode(bytes: &[u8], shape: &[usize], storage: Storage) -> Result<Vec<f32
     let n: usize = shape.iter().product();
     if bytes.len() != storage.byte_len(shape) || !storage.fits(shape) {
         return Err(Error::Weights(format!(
-            "{} bytes do not hold a {storage:?} tensor of shape {shape:?} ({} expected)",
+            "{} bytes do not hold a {storage} tensor of shape {} ({} expected)",
             bytes.len(),
+            shape_text(shape),
             storage.byte_len(shape)
         )));
     }
@@ -155,7 +175,7 @@ pub fn decode(bytes: &[u8], shape: &[usize], storage: Storage) -> Result<Vec<f32
 pub fn decode_rows(bytes: &[u8], shape: [usize; 2], storage: Storage, rows: &[usize]) -> Result<Vec<f32>> {
     let [r, c] = shape;
     if bytes.len() != storage.byte_len(&shape) || !storage.fits(&shape) {
-        return Err(Error::Weights(format!("bad {storage:?} table of shape {shape:?}")));
+        return Err(Error::Weights(format!("the bytes do not hold a {storage} table of shape {}", shape_text(&shape))));
     }
     let mut out = Vec::with_capacity(rows.len() * c);
     for &row in rows {
@@ -197,8 +217,9 @@ pub fn decode_rows(bytes: &[u8], shape: [usize; 2], storage: Storage, rows: &[us
 pub fn tensor_data(bytes: Vec<u8>, shape: &[usize], storage: Storage) -> Result<TensorData> {
     if bytes.len() != storage.byte_len(shape) || !storage.fits(shape) {
         return Err(Error::Weights(format!(
-            "{} bytes do not hold a {storage:?} tensor of shape {shape:?} ({} expected)",
+            "{} bytes do not hold a {storage} tensor of shape {} ({} expected)",
             bytes.len(),
+            shape_text(shape),
             storage.byte_len(shape)
         )));
     }

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::convert::TensorSource;
 use super::loader::Transport;
+use super::quant::shape_text;
 use super::{Init, KeyRewrite};
 use crate::{Error, Result};
 
@@ -42,7 +43,7 @@ pub struct RemoteSafetensors<T: Transport> {
 
 async fn fetch_bytes<T: Transport>(t: &mut T, url: &str, start: u64, end: u64) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity((end - start) as usize);
-    t.get(url, start, Some(end), &mut |c| out.extend_from_slice(c))
+    t.get(url, start, Some(end), end - start, &mut |c| out.extend_from_slice(c))
         .await
         .map_err(|e| Error::Weights(format!("{url} bytes {start}..{end}: {e}")))?;
     if out.len() as u64 != end - start {
@@ -92,7 +93,12 @@ impl<T: Transport> TensorSource for RemoteSafetensors<T> {
             self.tensors.get(name).ok_or_else(|| Error::Weights(format!("{}: no tensor {name}", self.url)))?;
         let squeeze = |s: &[usize]| s.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
         if info.shape != shape && squeeze(&info.shape) != squeeze(shape) {
-            return Err(Error::Weights(format!("{}: {orig} has shape {:?}, expected {shape:?}", self.url, info.shape)));
+            return Err(Error::Weights(format!(
+                "{}: {orig} has shape {}, expected {}",
+                self.url,
+                shape_text(&info.shape),
+                shape_text(shape)
+            )));
         }
         let n: usize = shape.iter().product();
         let width = match info.dtype.as_str() {

@@ -209,7 +209,7 @@ fn load(url: &str, cache: &Path, retry: Retry) -> dreamdist::Result<(StableDiffu
     let mut tr = AnyTransport::for_base(url);
     assert!(matches!(tr, AnyTransport::Http(_)));
     let m = block_on(fetch_manifest(&mut tr, url))?;
-    let total = m.total_bytes;
+    let total = m.download_bytes();
     let mut src = ManifestSource::new(m, &device);
     let mut cache = DirCache::new(cache);
     let mut events: Vec<Progress> = vec![];
@@ -772,4 +772,206 @@ fn direct_mode_reads_a_diffusers_repository_in_ranges_and_converts_like_the_cli(
     .unwrap();
     let sd = StableDiffusion::from_manifest_source(&mut src, &device).unwrap();
     assert_same_model(&sd, "direct mode");
+}
+
+/// The fixture with one tensor's bytes replaced by another's of the same size and storage
+/// (two norm scales: their values become equal), laid out in one shard per component — or,
+/// with `share`, with those two tensors alone in shards of their own, `dup-a.bin` and
+/// `dup-b.bin`: two manifest entries, one SHA-256.
+fn model_with_equal_tensors(share: bool) -> (PathBuf, Manifest) {
+    use dreamdist::weights::manifest::{Part, ShardEntry};
+    let f = fixture();
+    let bytes_of = |t: &dreamdist::weights::manifest::TensorEntry| -> Vec<u8> {
+        let mut out = vec![];
+        for p in &t.parts {
+            let shard = std::fs::read(f.dir.join(&f.manifest.shards[p.shard].file)).unwrap();
+            out.extend_from_slice(&shard[p.offset as usize..(p.offset + p.length) as usize]);
+        }
+        out
+    };
+    let mut all: Vec<Vec<u8>> = f.manifest.tensors.iter().map(bytes_of).collect();
+    let ts = &f.manifest.tensors;
+    let (a, b) = (0..ts.len())
+        .flat_map(|i| (i + 1..ts.len()).map(move |j| (i, j)))
+        .find(|&(i, j)| {
+            ts[i].name.ends_with("norm.weight")
+                && ts[j].name.ends_with("norm.weight")
+                && (ts[i].shape.clone(), ts[i].storage) == (ts[j].shape.clone(), ts[j].storage)
+        })
+        .expect("two norm scales of one size");
+    all[b] = all[a].clone();
+    let dir = tmp(if share { "equal-tensors-shared" } else { "equal-tensors" });
+    let mut m = f.manifest.clone();
+    let mut files: Vec<(String, String, Vec<u8>)> = vec![]; // (file, component, bytes)
+    for (i, t) in m.tensors.iter_mut().enumerate() {
+        let file = match i {
+            _ if share && i == a => "dup-a.bin".to_string(),
+            _ if share && i == b => "dup-b.bin".to_string(),
+            _ => format!("{}-all.bin", t.component()),
+        };
+        let at = files.iter().position(|x| x.0 == file).unwrap_or_else(|| {
+            files.push((file.clone(), t.component().to_string(), vec![]));
+            files.len() - 1
+        });
+        let offset = files[at].2.len() as u64;
+        files[at].2.extend_from_slice(&all[i]);
+        t.parts = vec![Part { shard: at, offset, length: all[i].len() as u64 }];
+    }
+    m.shards = files
+        .iter()
+        .map(|(file, component, bytes)| {
+            std::fs::write(dir.join(file), bytes).unwrap();
+            ShardEntry {
+                file: file.clone(),
+                sha256: sha256_hex(bytes),
+                bytes: bytes.len() as u64,
+                component: component.clone(),
+            }
+        })
+        .collect();
+    m.total_bytes = m.shards.iter().map(|s| s.bytes).sum();
+    std::fs::write(dir.join("manifest.json"), m.to_json().unwrap()).unwrap();
+    eprintln!(
+        "{} now equals {}; shards {:?}",
+        ts[b].name,
+        ts[a].name,
+        m.shards.iter().map(|s| &s.file).collect::<Vec<_>>()
+    );
+    (dir, m)
+}
+
+/// Two manifest entries with one SHA-256 are one download, one cache entry and one count in
+/// the progress and the report; both entries' tensors are built from it (the model computes
+/// what the same weights laid out without a shared shard compute).
+#[test]
+fn a_shard_named_twice_is_fetched_stored_and_counted_once() {
+    let device = backend::cpu_device();
+    let (plain, _) = model_with_equal_tensors(false);
+    let want =
+        outputs(&dreamdist::weights::native::load_uncached(&plain.display().to_string(), &device, RETRY).unwrap());
+    assert_ne!(want, fixture().outputs, "the edited model differs from the fixture");
+    let (dir, m) = model_with_equal_tensors(true);
+    let distinct = m.shards.len() - 1;
+    let dup = |f: &str| m.shards.iter().find(|s| s.file == f).unwrap();
+    assert_eq!(dup("dup-a.bin").sha256, dup("dup-b.bin").sha256);
+    assert_eq!(m.download_bytes(), m.total_bytes - dup("dup-b.bin").bytes);
+    let server = FaultServer::start(&dir, json!([]));
+    let cache = tmp("named-twice-cache");
+    let (sd, r) = load(&server.url, &cache, RETRY).unwrap();
+    show("named twice", &r);
+    assert_eq!((r.shards, r.downloaded, r.requests), (distinct, distinct, distinct));
+    assert_eq!(r.bytes_downloaded, m.download_bytes());
+    let log = server.log();
+    assert_eq!((requests_for(&log, "dup-a.bin").len(), requests_for(&log, "dup-b.bin").len()), (1, 0), "{log:?}");
+    assert_eq!(DirCache::new(&cache).list().unwrap().len(), distinct);
+    assert_no_partial_files(&cache);
+    assert_eq!(outputs(&sd), want, "over HTTP with a cache");
+    // From the directory, with no cache: the one copy in memory serves both entries.
+    let sd = dreamdist::weights::native::load_uncached(&dir.display().to_string(), &device, RETRY).unwrap();
+    assert_eq!(outputs(&sd), want, "from the directory");
+}
+
+/// Hostile manifests on a server: one that declares a 2 GiB tensor the model never asked for
+/// (its parts in 32 shards naming one real 64 MiB file's hash), one that lacks a tensor, one
+/// that states another model's identity. The first two are refused before any shard request,
+/// the third when the text encoder's token embedding arrives, before the UNet is requested;
+/// none leaves a partial file, and each says what is wrong.
+#[test]
+fn hostile_manifests_are_refused_before_their_shards_are_fetched() {
+    use dreamdist::weights::manifest::MAX_SHARD_BYTES;
+    let f = fixture();
+    let v: Value = serde_json::to_value(&f.manifest).unwrap();
+    let serve = |name: &str, w: &Value, extra: &[(&str, &[u8])]| -> (String, Vec<Value>, std::time::Duration) {
+        let dir = tmp(name);
+        for s in &f.manifest.shards {
+            std::fs::copy(f.dir.join(&s.file), dir.join(&s.file)).unwrap();
+        }
+        for (file, bytes) in extra {
+            std::fs::write(dir.join(file), bytes).unwrap();
+        }
+        std::fs::write(dir.join("manifest.json"), serde_json::to_vec(w).unwrap()).unwrap();
+        let server = FaultServer::start(&dir, json!([]));
+        let cache = tmp(&format!("{name}-cache"));
+        let t0 = std::time::Instant::now();
+        let e = load(&server.url, &cache, Retry::default()).err().unwrap_or_else(|| panic!("{name}: loaded"));
+        let took = t0.elapsed();
+        let e = e.to_string();
+        eprintln!("{name}: refused in {:.2} s: {e}", took.as_secs_f64());
+        crate::weights::assert_plain(&e);
+        assert_no_partial_files(&cache);
+        (e, server.log(), took)
+    };
+
+    let huge = vec![0u8; MAX_SHARD_BYTES as usize];
+    let sha = sha256_hex(&huge);
+    let mut w = v.clone();
+    let first = f.manifest.shards.len();
+    for i in 0..32 {
+        w["shards"].as_array_mut().unwrap().push(json!({
+            "file": format!("unet-huge-{i:02}.bin"), "sha256": sha, "bytes": MAX_SHARD_BYTES, "component": "unet",
+        }));
+    }
+    let parts: Vec<Value> =
+        (0..32).map(|i| json!({"shard": first + i, "offset": 0, "length": MAX_SHARD_BYTES})).collect();
+    w["tensors"].as_array_mut().unwrap().push(json!({
+        "name": "unet/huge", "shape": [1 << 14, 1 << 15], "storage": "f32", "layout": "plain", "parts": parts,
+    }));
+    w["total_bytes"] = (f.manifest.total_bytes + 32 * MAX_SHARD_BYTES).into();
+    let extra: Vec<(String, &[u8])> = (0..32).map(|i| (format!("unet-huge-{i:02}.bin"), &huge[..])).collect();
+    let extra: Vec<(&str, &[u8])> = extra.iter().map(|(f, b)| (f.as_str(), *b)).collect();
+    let (e, log, took) = serve("huge", &w, &extra);
+    assert!(e.contains("unet/huge is not a parameter of the model"), "{e}");
+    assert_eq!(shard_requests(&log), 0, "{log:?}");
+    assert!(took.as_secs_f64() < 5.0);
+
+    let mut w = v.clone();
+    let gone = w["tensors"].as_array_mut().unwrap().remove(7);
+    let (e, log, _) = serve("missing", &w, &[]);
+    assert!(e.contains(&format!("{} is missing", gone["name"].as_str().unwrap())), "{e}");
+    assert_eq!(shard_requests(&log), 0, "{log:?}");
+
+    let mut w = v.clone();
+    w["identity"]["text_encoder"] = "cd".repeat(32).into();
+    let (e, log, took) = serve("identity", &w, &[]);
+    assert!(e.contains(&"cd".repeat(32)) && e.contains(&f.manifest.identity.text_encoder), "{e}");
+    let te: Vec<&str> =
+        f.manifest.shards.iter().filter(|s| s.component == "text_encoder").map(|s| s.file.as_str()).collect();
+    let asked: Vec<&str> = log.iter().filter_map(|e| e["path"].as_str()).filter(|p| p.ends_with(".bin")).collect();
+    assert!(asked.iter().all(|p| te.contains(&&p[1..])), "only text-encoder shards are fetched: {asked:?}");
+    assert!(took.as_secs_f64() < 5.0);
+}
+
+/// A server whose body never ends (zeros after the shard, no Content-Length) is read no further
+/// than one byte past the shard each time: the load ends with the server's copy blamed, in
+/// seconds, instead of reading forever.
+#[test]
+fn an_endless_body_is_read_no_further_than_the_shard() {
+    let f = fixture();
+    let s = big().clone();
+    let server = FaultServer::start(&f.dir, json!([{"path": format!("/{}", s.file), "type": "endless", "on": "all"}]));
+    let url = server.url.clone();
+    let cache = tmp("endless-cache");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let c = cache.clone();
+    let t0 = std::time::Instant::now();
+    std::thread::spawn(move || {
+        let _ = tx.send(load(&url, &c, RETRY).err().map(|e| e.to_string()));
+    });
+    let e = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the load reads an endless body without end")
+        .expect("a shard with an endless body loaded");
+    eprintln!("endless: refused in {:.2} s: {e}", t0.elapsed().as_secs_f64());
+    assert!(e.contains(&s.file) && e.contains("the server sent more than the manifest's"), "{e}");
+    crate::weights::assert_plain(&e);
+    assert_no_partial_files(&cache);
+    // Each request was abandoned soon after the shard's bytes (what the server flushed into the
+    // socket's buffers is all it could send past them).
+    let log = server.log();
+    let reqs = requests_for(&log, &s.file);
+    assert_eq!(reqs.len(), RETRY.corrupt as usize + 1, "{reqs:?}");
+    for r in reqs {
+        let sent = r["bytes"].as_u64().unwrap_or(0);
+        assert!(sent < s.bytes + (64 << 20), "the server sent {sent} bytes for a {}-byte shard", s.bytes);
+    }
 }

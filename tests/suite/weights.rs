@@ -289,6 +289,12 @@ fn hostile_directories_are_refused_at_once() {
         std::fs::remove_file(dir.join(file)).unwrap();
         with(&dir.join(file));
     };
+    let edit_manifest = |d: &Path, f: &dyn Fn(&mut serde_json::Value)| {
+        let path = d.join("manifest.json");
+        let mut w: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        f(&mut w);
+        std::fs::write(&path, serde_json::to_vec(&w).unwrap()).unwrap();
+    };
     let mkfifo = |p: &Path| {
         let ok = std::process::Command::new("mkfifo").arg(p).status().expect("mkfifo (coreutils)").success();
         assert!(ok, "mkfifo {}", p.display());
@@ -342,12 +348,31 @@ fn hostile_directories_are_refused_at_once() {
             vec![shard, "the file is larger than the manifest's"],
         ),
         ("shard-swapped", Box::new(|d: &Path| std::fs::write(d.join(shard), &other).unwrap()), vec![shard]),
+        // What the manifest says, not what the files are: a tensor the model never asked for
+        // (refused before any shard is opened), and another model's identity.
+        (
+            "manifest-extra-tensor",
+            Box::new(|d: &Path| {
+                edit_manifest(d, &|w| {
+                    let mut t = w["tensors"][0].clone();
+                    t["name"] = "text_encoder/extra.weight".into();
+                    w["tensors"].as_array_mut().unwrap().push(t);
+                })
+            }),
+            vec!["manifest.json", "text_encoder/extra.weight is not a parameter of the model"],
+        ),
+        (
+            "manifest-false-identity",
+            Box::new(|d: &Path| edit_manifest(d, &|w| w["identity"]["text_encoder"] = "ef".repeat(32).into())),
+            vec!["the manifest gives the model the identity efefef", &m.identity.text_encoder],
+        ),
     ];
     for (name, damage, want) in &cases {
         let (e, took) = case(name, damage.as_ref());
         for w in want {
             assert!(e.contains(w), "{name}: expected {w:?} in: {e}");
         }
+        assert_plain(&e);
         assert!(!e.contains("network") && !e.contains("connection") && !e.contains("server"), "{name}: {e}");
         assert!(took < Duration::from_secs(5), "{name}: took {took:?} (retried?)");
     }
@@ -358,4 +383,188 @@ fn hostile_directories_are_refused_at_once() {
         std::fs::write(d.join(shard), &same).unwrap();
     });
     assert!(e.contains("does not match its manifest") && e.contains("was changed or replaced"), "{e}");
+}
+
+/// A message meant for people: one `weights:` prefix, no Rust debug text.
+pub fn assert_plain(e: &str) {
+    assert!(e.matches("weights:").count() <= 1, "a doubled prefix: {e}");
+    for debug in ["Some(", "None", "Q8", "LinearT", "HostTable", "Conv2d {"] {
+        assert!(!e.contains(debug), "debug text {debug:?} in: {e}");
+    }
+}
+
+/// A manifest holds exactly the model's own tensors — the parameter inventory `convert` walks,
+/// in its stored shapes, layouts and storage — and shards hold exactly those tensors: whatever
+/// else it declares is refused when it is parsed, before any shard is fetched (the loader parses
+/// the manifest first), each refusal naming what is wrong.
+#[test]
+fn manifests_hold_exactly_the_models_tensors() {
+    use dreamdist::weights::manifest::{Layout, MAX_SHARD_BYTES};
+    use serde_json::{Value, json};
+    let dir = tmp("inventory");
+    let m = convert_tiny(&dir, Quant::Q8);
+    let v: Value = serde_json::to_value(&m).unwrap();
+    let refuse = |w: &Value, what: &[&str]| {
+        let e = Manifest::from_json(&serde_json::to_vec(w).unwrap()).unwrap_err().to_string();
+        for x in what {
+            assert!(e.contains(x), "expected {x:?} in: {e}");
+        }
+        assert_plain(&e);
+        eprintln!("refused: {e}");
+    };
+    let lin = m.tensors.iter().position(|t| t.layout == Layout::LinearT && t.shape[0] != t.shape[1]).unwrap();
+    let name = m.tensors[lin].name.clone();
+    let component = m.tensors[lin].component().to_string();
+    let (rows, cols) = (m.tensors[lin].shape[0], m.tensors[lin].shape[1]);
+
+    let mut w = v.clone();
+    w["tensors"].as_array_mut().unwrap().remove(lin);
+    refuse(&w, &[&format!("{name} is missing"), "does not hold the tensors of dreamdist's \"tiny\" model"]);
+    let mut w = v.clone();
+    let extra = format!("{component}/extra.weight");
+    w["tensors"][lin]["name"] = extra.clone().into();
+    refuse(&w, &[&format!("{extra} is not a parameter of the model"), &format!("{name} is missing")]);
+    let mut w = v.clone();
+    w["tensors"][lin]["shape"] = json!([cols, rows]);
+    refuse(
+        &w,
+        &[&format!(
+            "{name} is a transposed linear weight {cols}×{rows}, the model needs a transposed linear weight {rows}×{cols}"
+        )],
+    );
+    let mut w = v.clone();
+    w["tensors"][lin]["layout"] = "plain".into();
+    refuse(&w, &[&format!("{name} is plain {rows}×{cols}")]);
+    // Bytes the tensors do not need: a padded shard.
+    let mut w = v.clone();
+    w["shards"][0]["bytes"] = (m.shards[0].bytes + 8).into();
+    w["total_bytes"] = (m.total_bytes + 8).into();
+    refuse(
+        &w,
+        &[&format!(
+            "shard {} is declared as {} bytes, but its tensors take {}",
+            m.shards[0].file,
+            m.shards[0].bytes + 8,
+            m.shards[0].bytes
+        )],
+    );
+    // One hash naming two files of different sizes.
+    let mut w = v.clone();
+    w["shards"][1]["sha256"] = m.shards[0].sha256.clone().into();
+    refuse(&w, &["have the same SHA-256 but different sizes"]);
+    // The allocation attack: a 2 GiB tensor the model never asked for, its 32 parts in 32
+    // declared 64 MiB shards that all name one hash (one 64 MiB download through a hash-keyed
+    // cache). It passes the format's generic caps; the inventory refuses it.
+    let mut w = v.clone();
+    let first = m.shards.len();
+    for i in 0..32 {
+        w["shards"].as_array_mut().unwrap().push(json!({
+            "file": format!("unet-huge-{i:02}.bin"), "sha256": "ab".repeat(32), "bytes": MAX_SHARD_BYTES, "component": "unet",
+        }));
+    }
+    let parts: Vec<Value> =
+        (0..32).map(|i| json!({"shard": first + i, "offset": 0, "length": MAX_SHARD_BYTES})).collect();
+    w["tensors"].as_array_mut().unwrap().push(json!({
+        "name": "unet/huge", "shape": [1 << 14, 1 << 15], "storage": "f32", "layout": "plain", "parts": parts,
+    }));
+    w["total_bytes"] = (m.total_bytes + 32 * MAX_SHARD_BYTES).into();
+    refuse(&w, &["unet/huge is not a parameter of the model"]);
+    // A model converted before the token embedding became lossless (the demo model as shipped
+    // until 2026-12-08): refused with what to do, and readable for that reconversion.
+    let legacy =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/legacy-q8-table-manifest.json"))
+            .unwrap();
+    let e = Manifest::from_json(&legacy).unwrap_err().to_string();
+    assert!(
+        e.contains("text_encoder/embeddings.token_embedding.weight is stored as q8, a q8 conversion stores it as f16"),
+        "{e}"
+    );
+    assert!(e.contains("dreamdist convert --from"), "{e}");
+    assert_plain(&e);
+    let old = Manifest::from_json_for_reconversion(&legacy).unwrap();
+    assert_eq!(old.model.id, "demo");
+    // The header's own messages are plain too.
+    let mut w = v.clone();
+    w.as_object_mut().unwrap().remove("format");
+    refuse(&w, &["it has no \"format\""]);
+    let mut w = v.clone();
+    w["version"] = 0.into();
+    refuse(&w, &["version 0 is not a version of the format"]);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The identity a manifest states is recomputed from the token embedding it holds: a manifest
+/// that claims another model's identity is refused at load, with both values.
+#[test]
+fn a_manifest_claiming_another_identity_is_refused_at_load() {
+    let device = backend::cpu_device();
+    let dir = tmp("identity");
+    let m = convert_tiny(&dir, Quant::Q8);
+    let claimed = "ab".repeat(32);
+    let mut w: serde_json::Value = serde_json::to_value(&m).unwrap();
+    w["identity"]["text_encoder"] = claimed.clone().into();
+    std::fs::write(dir.join("manifest.json"), serde_json::to_vec(&w).unwrap()).unwrap();
+    let Err(e) = load(&dir, &device) else { panic!("a manifest with a false identity loaded") };
+    let e = e.to_string();
+    eprintln!("{e}");
+    assert!(e.contains(&claimed) && e.contains(&m.identity.text_encoder), "both identities in: {e}");
+    assert_plain(&e);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `convert --from <converted model>`: a converted model is a conversion source. Reconverting
+/// to the same scheme reproduces the UNet and VAE shards byte for byte; to f32 it stores the
+/// very values the q8 model computes with, so both compute the same.
+#[test]
+fn a_converted_model_reconverts() {
+    use dreamdist::weights::native::ConvertedDirSource;
+    let device = backend::cpu_device();
+    let (a, b, c) = (tmp("reconvert-q8"), tmp("reconvert-again"), tmp("reconvert-f32"));
+    let m = convert_tiny(&a, Quant::Q8);
+    let again = |out: &Path, quant: Quant| {
+        let ([mut t, mut u, mut v], _) = ConvertedDirSource::open(&a).unwrap();
+        let mut sink = DirSink { dir: out.to_path_buf() };
+        let r = block_on(convert(
+            &device,
+            &ModelSpec::tiny(),
+            quant,
+            [&mut t, &mut u, &mut v],
+            &mut sink,
+            "again",
+            |_, _, _| {},
+        ))
+        .unwrap();
+        std::fs::write(out.join("manifest.json"), r.to_json().unwrap()).unwrap();
+        r
+    };
+    let same = again(&b, Quant::Q8);
+    assert_eq!(same.shards, m.shards, "a q8 model reconverted to q8 is the same files");
+    assert_eq!(same.identity, m.identity);
+    let wide = again(&c, Quant::F32);
+    assert_eq!(wide.identity, m.identity, "the token table is f16 in both: the identity stays");
+    let (x, y) = (outputs(&load(&a, &device).unwrap()), outputs(&load(&c, &device).unwrap()));
+    for (p, q) in x.iter().zip(&y) {
+        assert!(rel_err(p, q) < 1e-5, "q8 and its f32 reconversion: {}", rel_err(p, q));
+    }
+    // A damaged source is refused, not reconverted.
+    let shard = a.join(&m.shards[1].file);
+    let mut bytes = std::fs::read(&shard).unwrap();
+    bytes[7] ^= 1;
+    std::fs::write(&shard, bytes).unwrap();
+    let ([mut t, mut u, mut v], _) = ConvertedDirSource::open(&a).unwrap();
+    let e = block_on(convert(
+        &device,
+        &ModelSpec::tiny(),
+        Quant::Q8,
+        [&mut t, &mut u, &mut v],
+        &mut DirSink { dir: b.clone() },
+        "x",
+        |_, _, _| {},
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("does not match its manifest") && e.contains(&m.shards[1].file), "{e}");
+    for d in [a, b, c] {
+        std::fs::remove_dir_all(d).ok();
+    }
 }
