@@ -279,7 +279,11 @@ impl Vb {
     fn stored2(&self, name: &str, ckpt: &[usize], role: Role, init: Init) -> Tensor<2> {
         let stored: [usize; 2] = role.stored_shape(ckpt).try_into().expect("a 2-D stored shape");
         match self.request(name, ckpt, role, init) {
-            Provided::Values(v) if self.dry || v.is_empty() => self.dense(vec![0.0; stored.iter().product()], stored),
+            // Inventory mode: a one-element placeholder, without the parameter's size in zeros
+            // first (the page builds the full-size inventory to check a manifest: a 118 MB
+            // transient grew its memory by that much for good).
+            Provided::Values(_) if self.dry => Tensor::zeros([1, 1], &self.device),
+            Provided::Values(v) if v.is_empty() => self.dense(vec![0.0; stored.iter().product()], stored),
             Provided::Values(v) => {
                 let v = if role == Role::Linear { transpose(&v, ckpt[0], ckpt[1]) } else { v };
                 self.dense(v, stored)
@@ -305,7 +309,8 @@ impl Vb {
     /// A 1-D parameter.
     pub fn vector(&self, name: &str, n: usize, init: Init) -> Param<Tensor<1>> {
         Self::frozen(match self.request(name, &[n], Role::Vector, init) {
-            Provided::Values(v) if self.dry || v.is_empty() => self.dense(vec![0.0; n], [n]),
+            Provided::Values(_) if self.dry => Tensor::zeros([1], &self.device),
+            Provided::Values(v) if v.is_empty() => self.dense(vec![0.0; n], [n]),
             Provided::Values(v) => self.dense(v, [n]),
             Provided::Device(t) if matches!(*t, DeviceTensor::R1(_)) => match *t {
                 DeviceTensor::R1(t) => t,
