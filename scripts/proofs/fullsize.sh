@@ -24,8 +24,11 @@ BIN="${DREAMDIST_BIN:-$CARGO_TARGET_DIR/release/dreamdist}"
 what="${1:-browser}"
 size="${2:-512}"
 model_dir="$DREAMDIST_CACHE/proof/sd21-base-q8"
-if [ ! -f "$model_dir/manifest.json" ]; then
+# Converted once and kept; converted again when this dreamdist no longer reads the kept copy (a
+# model converted by an older version).
+if ! "$BIN" convert --check "$model_dir" >/dev/null 2>&1; then
   echo "proof: converting full-size sd21-base with random weights (q8) into $model_dir" >&2
+  rm -rf "$model_dir"
   "$BIN" convert --random-weights 0 --model sd21-base --quant q8 --out "$model_dir"
 fi
 mkdir -p target docs

@@ -1,7 +1,9 @@
 // Bad inputs get clear messages and the page keeps working (headless Chromium):
 // a non-image, a 100-megapixel image, an oversized file, a corrupt .ddist, a distribution for
 // another model, `#d=` fragments that are too large or malformed, `?dist=` addresses that are
-// refused or missing, and a browser without WebGPU. Screenshots: $E2E_OUT/app/inputs-*.png.
+// refused or missing, hostile model addresses (a manifest declaring tensors the model never
+// asked for, one lacking a tensor, one claiming another model's identity), and a browser without
+// WebGPU. Screenshots: $E2E_OUT/app/inputs-*.png.
 import assert from "node:assert/strict";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -9,8 +11,8 @@ import { join } from "node:path";
 import { deflateRawSync } from "node:zlib";
 import { after, before, test } from "node:test";
 
-import { foreignRequests, launch, log, pageErrors, requireBuilt, shot, startServer, until } from "./lib/browser.mjs";
-import { cli, demoReferences, testModel } from "./lib/fixtures.mjs";
+import { foreignRequests, launch, log, pageErrors, requireBuilt, ROOT, shot, startServer, until } from "./lib/browser.mjs";
+import { cli, demoReferences, hostileModels, testModel } from "./lib/fixtures.mjs";
 import { hugePngHeader } from "./lib/png.mjs";
 
 let server;
@@ -142,6 +144,58 @@ test("bad inputs are refused with a reason, and the page keeps working", { timeo
   }
 });
 
+test("hostile model addresses are refused before their shards are fetched, at no cost in memory", { timeout: 600000 }, async () => {
+  // Served by the page's own server (same origin, as a mirror would be): target/e2e-hostile/<case>/.
+  const { manifest, cases } = await hostileModels(model, join(ROOT, "target/e2e-hostile"));
+  const base = `${server.url}?model=${encodeURIComponent(model.url)}&selftest=0&compute=cpu`;
+  const { context, page, problems, requests } = await launch("inputs-hostile", { tmpRoot: tmp });
+  try {
+    await page.goto(base, { waitUntil: "load" });
+    await until(page, problems, () => window.dreamdist?.model?.status === "ready" && window.dreamdist.status === "ready", { what: "the model" });
+    // The CPU engine's WebAssembly memory (it only grows): what a load made the tab allocate.
+    const memory = () => page.evaluate(async () => (await window.dreamdist.debug.call("memory")).inUse);
+    const before = await memory();
+    for (const c of cases) {
+      const mark = requests.length;
+      const t0 = Date.now();
+      await page.check("input[name=model][value=custom]");
+      await page.fill("#model-url", `${server.url}target/e2e-hostile/${c.name}/`);
+      await page.selectOption("#model-kind", "manifest");
+      await page.click("#model-load");
+      await until(page, problems, () => window.dreamdist.model.status === "error", { what: `the refusal of ${c.name}`, timeout: 60000 });
+      const err = await page.evaluate(() => window.dreamdist.model.error);
+      const grown = (await memory()) - before;
+      log(`hostile ${c.name}: refused in ${Date.now() - t0} ms, memory +${(grown / 2 ** 20).toFixed(1)} MiB: ${err}`);
+      assert.match(err, c.expect);
+      assert.ok((err.match(/weights:/g) ?? []).length <= 1 && !/Some\(|None/.test(err), `a plain message: ${err}`);
+      assert.match(await page.textContent("#model-error"), /The model could not be loaded: /);
+      const fetched = requests
+        .slice(mark)
+        .map((r) => new URL(r.url).pathname)
+        .filter((p) => p.startsWith(`/target/e2e-hostile/${c.name}/`) && p.endsWith(".bin"))
+        .map((p) => p.split("/").pop());
+      assert.deepEqual(fetched.filter((f) => !c.allowed.includes(f)), [], `${c.name}: shards fetched before the refusal`);
+      assert.ok(grown <= manifest.total_bytes, `${c.name}: the tab's memory grew ${grown} B, more than the model's own ${manifest.total_bytes} B`);
+    }
+    await shot(page, "inputs-05-hostile-model");
+    const names = await page.evaluate(async () => {
+      const root = await navigator.storage.getDirectory();
+      const dir = await (await root.getDirectoryHandle("dreamdist")).getDirectoryHandle("weights");
+      const out = [];
+      for await (const name of dir.keys()) out.push(name);
+      return out;
+    });
+    assert.ok(!names.some((n) => n.endsWith(".part")), `no partial shard is left: ${names}`);
+    // The page still loads its own model.
+    await page.check(`input[name=model][value=${model.id}]`);
+    await page.click("#model-load");
+    await until(page, problems, () => window.dreamdist.model.status === "ready", { what: "the model again" });
+    assert.deepEqual(pageErrors(problems), []);
+  } finally {
+    await context.close();
+  }
+});
+
 test("without WebGPU the page explains what to do, keeps working, and computes on the CPU when asked", { timeout: 600000 }, async () => {
   const { context, page, problems } = await launch("inputs-no-webgpu", { webgpu: false, tmpRoot: tmp });
   try {
@@ -158,7 +212,7 @@ test("without WebGPU the page explains what to do, keeps working, and computes o
     await until(page, problems, () => window.dreamdist.refs.length === 4, { what: "thumbnails without an engine" });
     assert.ok(await page.isDisabled("#train-start"), "no training without an engine");
     assert.ok(await page.isDisabled("#model-load"));
-    await shot(page, "inputs-05-no-webgpu");
+    await shot(page, "inputs-06-no-webgpu");
     assert.deepEqual(pageErrors(problems), []);
 
     // The advice offers the CPU: following it, the page works without WebGPU (demo model).
@@ -172,7 +226,7 @@ test("without WebGPU the page explains what to do, keeps working, and computes o
     await page.setInputFiles("#ref-input", refs.map((r) => r.path));
     await until(page, problems, () => window.dreamdist.refs.length === 4, { what: "thumbnails on the CPU engine" });
     assert.ok(!(await page.isDisabled("#train-start")), "training is offered on the CPU engine");
-    await shot(page, "inputs-06-no-webgpu-cpu");
+    await shot(page, "inputs-07-no-webgpu-cpu");
     assert.deepEqual(pageErrors(problems), []);
   } finally {
     await context.close();

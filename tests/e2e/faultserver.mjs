@@ -40,6 +40,8 @@
 //      "slow"          throttle the body to `rate` bytes/s (default 65536)
 //      "ignore-range"  answer 200 with the whole file even when a range was asked for
 //      "delay"         wait `ms` (default 1000) before sending the headers
+//      "endless"       after the requested bytes, keep sending zeros (no Content-Length) until
+//                      the client stops reading (at most `max` bytes, default 16 GiB)
 //   }
 // Several faults may fire on one request (e.g. slow + drop); `status` wins over the others.
 import { createServer } from "node:http";
@@ -49,7 +51,7 @@ import { fileURLToPath } from "node:url";
 
 const HOST = "127.0.0.1";
 const CHUNK = 64 << 10;
-const TYPES = new Set(["truncate", "flip", "drop", "status", "slow", "ignore-range", "delay"]);
+const TYPES = new Set(["truncate", "flip", "drop", "status", "slow", "ignore-range", "delay", "endless"]);
 
 function fail(msg) {
   console.error(`faultserver: ${msg}`);
@@ -340,6 +342,8 @@ export function startFaultServer(root, { port = 0, faults = [] } = {}) {
     }
     const flipAt = flip ? (flip.offset ?? Math.floor(size / 2)) : -1;
     if (flip && flipAt >= start && flipAt < start + limit) entry.faults.push(`flip@${flipAt}`);
+    const endless = fault("endless");
+    if (endless) entry.faults.push("endless");
     const rate = slow ? Math.max(1, slow.rate ?? 65536) : 0;
     if (slow) entry.faults.push(`slow ${rate} B/s`);
 
@@ -351,6 +355,7 @@ export function startFaultServer(root, { port = 0, faults = [] } = {}) {
       "Last-Modified": st.mtime.toUTCString(),
       "Content-Length": truncate?.honest ? limit : bodyLen,
     };
+    if (endless) delete headers["Content-Length"];
     if (range) headers["Content-Range"] = `bytes ${start}-${end - 1}/${size}`;
     const code = range ? 206 : 200;
     entry.status = code;
@@ -384,6 +389,19 @@ export function startFaultServer(root, { port = 0, faults = [] } = {}) {
           const due = slowStart + (sent / rate) * 1000;
           const wait = due - Date.now();
           if (wait > 0) await sleep(wait);
+        }
+      }
+      if (endless && cut === null) {
+        // A body with no end: zeros, for as long as the client reads them.
+        const zeros = Buffer.alloc(CHUNK);
+        const max = endless.max ?? 16 * 2 ** 30;
+        while (sent < max && !res.destroyed) {
+          if (!(await write(res, zeros))) {
+            entry.bytes = sent;
+            return;
+          }
+          sent += zeros.length;
+          entry.bytes = sent;
         }
       }
     } finally {

@@ -16,6 +16,7 @@
 //    again.
 // 5. Storage quota exceeded (quota lowered with the DevTools protocol's
 //    Storage.overrideQuotaForOrigin): the load fails with the message that gives the numbers.
+// 6. A shard whose body never ends is read no further than the shard (+1 byte), and blamed.
 // Artifacts in $E2E_OUT (default <repo>/target/e2e): loader.json (reports, server and browser
 // logs), loader-faults.png, loader-cache.png.
 //
@@ -469,6 +470,30 @@ test("storage quota exceeded: a clear message with the numbers", { timeout: STEP
     await cdp.send("Storage.overrideQuotaForOrigin", { origin }).catch(() => {});
     await call(page, "cacheClear").catch(() => {});
     await cdp.detach().catch(() => {});
+  }
+});
+
+test("a server whose body never ends is read no further than the shard, and blamed", { timeout: STEP_MS }, async () => {
+  assert.ok(cachedPage, "needs the page of the earlier steps");
+  const { page } = cachedPage;
+  await call(page, "cacheClear");
+  const [te] = manifest.shards;
+  await setFaults([{ path: `/${te.file}`, type: "endless", on: "all" }]);
+  await resetLog();
+  try {
+    const t0 = Date.now();
+    const r = await load(page, "endless body");
+    const slog = getsOf(await serverLog(), te.file);
+    artifact.steps.endless = { result: r, serverLog: slog };
+    assert.ok(!r.ok, "a shard with an endless body must not load");
+    assert.match(r.error, new RegExp(`${te.file}.*the server sent more than the manifest's ${te.bytes} bytes`));
+    log(`endless body: refused in ${Date.now() - t0} ms after ${slog.length} requests, server sent ${slog.map((e) => e.bytes).join(", ")} bytes`);
+    // Each request abandoned right after the shard's bytes: what the server got into the
+    // socket's buffers is all it sent past them.
+    for (const e of slog) assert.ok(e.bytes < te.bytes + 64 * 2 ** 20, `the server sent ${e.bytes} bytes for a ${te.bytes}-byte shard`);
+    assert.ok(!(await opfsNames(page)).some((x) => x.endsWith(".part")));
+  } finally {
+    await setFaults([]);
   }
 });
 

@@ -3,8 +3,9 @@
 // target/e2e-models/tiny-q8/), reference images from the demo world (`dreamdist demo-data`,
 // written as PNGs), and the attribute reader (`dreamdist demo-read`).
 import { execFile } from "node:child_process";
+import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { copyFile, link, mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { promisify } from "node:util";
 
@@ -91,4 +92,58 @@ export async function readAttributes(dir, images) {
   await writeFile(file, writeSafetensors({ images: { dtype: "U8", shape: [images.length, 32, 32, 3], data } }));
   const { stdout } = await cli(["demo-read", "--images", file]);
   return JSON.parse(stdout);
+}
+
+/**
+ * Hostile copies of `model` (from testModel) for the custom-address field, written under `root`
+ * (served by the page server): {manifest, cases: [{name, expect (the refusal), allowed (shard
+ * files the load may fetch before refusing)}]}.
+ * - huge: a 2 GiB tensor the model never asked for, its 32 parts in 32 declared 64 MiB shards
+ *   that all name one real file's hash (hard links: 64 MiB on disk);
+ * - missing: one tensor left out;
+ * - identity: the manifest claims another model's identity.
+ */
+export async function hostileModels(model, root) {
+  const manifest = JSON.parse(await readFile(join(model.dir, "manifest.json"), "utf8"));
+  const SHARD = 64 << 20;
+  const cases = [];
+  const write = async (name, m, extra = async () => {}) => {
+    const dir = join(root, name);
+    await rm(dir, { recursive: true, force: true });
+    await mkdir(dir, { recursive: true });
+    for (const s of manifest.shards) await copyFile(join(model.dir, s.file), join(dir, s.file));
+    await extra(dir);
+    await writeFile(join(dir, "manifest.json"), JSON.stringify(m));
+    return dir;
+  };
+  const clone = () => JSON.parse(JSON.stringify(manifest));
+
+  const huge = clone();
+  const zeros = Buffer.alloc(SHARD);
+  const sha = createHash("sha256").update(zeros).digest("hex");
+  const first = huge.shards.length;
+  for (let i = 0; i < 32; i++) huge.shards.push({ file: `unet-huge-${String(i).padStart(2, "0")}.bin`, sha256: sha, bytes: SHARD, component: "unet" });
+  huge.tensors.push({ name: "unet/huge", shape: [1 << 14, 1 << 15], storage: "f32", layout: "plain", parts: Array.from({ length: 32 }, (_, i) => ({ shard: first + i, offset: 0, length: SHARD })) });
+  huge.total_bytes += 32 * SHARD;
+  await write("huge", huge, async (dir) => {
+    await writeFile(join(dir, "unet-huge-00.bin"), zeros);
+    for (let i = 1; i < 32; i++) await link(join(dir, "unet-huge-00.bin"), join(dir, `unet-huge-${String(i).padStart(2, "0")}.bin`));
+  });
+  cases.push({ name: "huge", expect: /unet\/huge is not a parameter of the model/, allowed: [] });
+
+  const missing = clone();
+  const [gone] = missing.tensors.splice(7, 1);
+  await write("missing", missing);
+  cases.push({ name: "missing", expect: new RegExp(`${gone.name.replace(/[.]/g, "\\.")} is missing`), allowed: [] });
+
+  const identity = clone();
+  const claimed = "cd".repeat(32);
+  identity.identity.text_encoder = claimed;
+  await write("identity", identity);
+  cases.push({
+    name: "identity",
+    expect: new RegExp(`identity ${claimed}, but the token embedding it holds has the identity ${manifest.identity.text_encoder}`),
+    allowed: manifest.shards.filter((s) => s.component === "text_encoder").map((s) => s.file),
+  });
+  return { manifest, cases };
 }
