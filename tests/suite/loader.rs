@@ -881,14 +881,12 @@ fn hostile_manifests_are_refused_before_their_shards_are_fetched() {
     use dreamdist::weights::manifest::MAX_SHARD_BYTES;
     let f = fixture();
     let v: Value = serde_json::to_value(&f.manifest).unwrap();
-    let serve = |name: &str, w: &Value, extra: &[(&str, &[u8])]| -> (String, Vec<Value>, std::time::Duration) {
+    let serve = |name: &str, w: &Value, extra: &dyn Fn(&Path)| -> (String, Vec<Value>, std::time::Duration) {
         let dir = tmp(name);
         for s in &f.manifest.shards {
             std::fs::copy(f.dir.join(&s.file), dir.join(&s.file)).unwrap();
         }
-        for (file, bytes) in extra {
-            std::fs::write(dir.join(file), bytes).unwrap();
-        }
+        extra(&dir);
         std::fs::write(dir.join("manifest.json"), serde_json::to_vec(w).unwrap()).unwrap();
         let server = FaultServer::start(&dir, json!([]));
         let cache = tmp(&format!("{name}-cache"));
@@ -917,22 +915,27 @@ fn hostile_manifests_are_refused_before_their_shards_are_fetched() {
         "name": "unet/huge", "shape": [1 << 14, 1 << 15], "storage": "f32", "layout": "plain", "parts": parts,
     }));
     w["total_bytes"] = (f.manifest.total_bytes + 32 * MAX_SHARD_BYTES).into();
-    let extra: Vec<(String, &[u8])> = (0..32).map(|i| (format!("unet-huge-{i:02}.bin"), &huge[..])).collect();
-    let extra: Vec<(&str, &[u8])> = extra.iter().map(|(f, b)| (f.as_str(), *b)).collect();
-    let (e, log, took) = serve("huge", &w, &extra);
+    // The one real file, and hard links to it for the other names (64 MiB on disk).
+    let files = |d: &Path| {
+        std::fs::write(d.join("unet-huge-00.bin"), &huge).unwrap();
+        for i in 1..32 {
+            std::fs::hard_link(d.join("unet-huge-00.bin"), d.join(format!("unet-huge-{i:02}.bin"))).unwrap();
+        }
+    };
+    let (e, log, took) = serve("huge", &w, &files);
     assert!(e.contains("unet/huge is not a parameter of the model"), "{e}");
     assert_eq!(shard_requests(&log), 0, "{log:?}");
     assert!(took.as_secs_f64() < 5.0);
 
     let mut w = v.clone();
     let gone = w["tensors"].as_array_mut().unwrap().remove(7);
-    let (e, log, _) = serve("missing", &w, &[]);
+    let (e, log, _) = serve("missing", &w, &|_| {});
     assert!(e.contains(&format!("{} is missing", gone["name"].as_str().unwrap())), "{e}");
     assert_eq!(shard_requests(&log), 0, "{log:?}");
 
     let mut w = v.clone();
     w["identity"]["text_encoder"] = "cd".repeat(32).into();
-    let (e, log, took) = serve("identity", &w, &[]);
+    let (e, log, took) = serve("identity", &w, &|_| {});
     assert!(e.contains(&"cd".repeat(32)) && e.contains(&f.manifest.identity.text_encoder), "{e}");
     let te: Vec<&str> =
         f.manifest.shards.iter().filter(|s| s.component == "text_encoder").map(|s| s.file.as_str()).collect();
