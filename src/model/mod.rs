@@ -235,8 +235,7 @@ impl StableDiffusion {
     }
 
     fn identity_of(spec: &ModelSpec, text: &ClipTextEncoder) -> String {
-        let values = text.token_table().to_f32().unwrap_or_default();
-        crate::weights::identity::text_encoder_identity(&spec.clip, &values)
+        crate::weights::identity::of_table(&spec.clip, text.token_table()).unwrap_or_default()
     }
 
     /// Loads the three components from safetensors bytes (diffusers / transformers layout).

@@ -50,13 +50,6 @@ impl IdentityHasher {
     }
 }
 
-/// The identity of a text encoder with this config and token embedding.
-pub fn text_encoder_identity(cfg: &ClipConfig, token_embedding: &[f32]) -> String {
-    let mut h = IdentityHasher::new(cfg);
-    h.update(token_embedding);
-    h.finish()
-}
-
 /// The identity of a text encoder with this config and a stored token embedding. The table
 /// must be lossless with respect to the identity (f16 or f32): a quantized table no longer
 /// holds the values the identity was computed from.

@@ -98,19 +98,17 @@ pub const MIN_QUANT_ELEMENTS: usize = 1 << 14;
 /// but f32: it is what the model's identity is computed from ([`super::identity`]), so a
 /// lossless copy lets every load recompute the identity instead of trusting the manifest.
 pub fn storage_for(quant: Quant, role: Role, stored_shape: &[usize]) -> Storage {
-    let n: usize = stored_shape.iter().product();
-    if quant == Quant::F32 {
-        return Storage::F32;
-    }
-    if role == Role::HostTable {
-        return Storage::F16;
-    }
-    let big = matches!(role, Role::Linear | Role::Conv) && n >= MIN_QUANT_ELEMENTS;
     let q = match quant {
-        Quant::F16 | Quant::F32 => Storage::F16,
+        Quant::F32 => return Storage::F32,
+        Quant::F16 => Storage::F16,
         Quant::Q8 => Storage::Q8,
         Quant::Q4 => Storage::Q4,
     };
+    if role == Role::HostTable {
+        return Storage::F16;
+    }
+    let n: usize = stored_shape.iter().product();
+    let big = matches!(role, Role::Linear | Role::Conv) && n >= MIN_QUANT_ELEMENTS;
     if !big {
         Storage::F32
     } else if q.fits(stored_shape) {
@@ -136,21 +134,12 @@ pub fn component_inventory(spec: &ModelSpec, component: &str, device: &burn::ten
 /// A tensor a converted model must hold.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Expected {
-    /// Role.
-    pub role: Role,
     /// Stored shape.
     pub shape: Vec<usize>,
     /// Layout.
     pub layout: Layout,
     /// Storage under the manifest's scheme.
     pub storage: Storage,
-}
-
-impl Expected {
-    /// Bytes of the stored tensor.
-    pub fn byte_len(&self) -> u64 {
-        self.storage.byte_len(&self.shape) as u64
-    }
 }
 
 /// Every tensor of `spec` converted with `quant`, by manifest name (`component/name`).
@@ -172,7 +161,7 @@ pub fn expected(spec: &ModelSpec, quant: Quant) -> Arc<Tensors> {
         for (name, shape, role, _) in component_inventory(spec, c, &device) {
             let stored = role.stored_shape(&shape);
             let storage = storage_for(quant, role, &stored);
-            out.insert(format!("{c}/{name}"), Expected { role, layout: role.layout(&shape), shape: stored, storage });
+            out.insert(format!("{c}/{name}"), Expected { layout: role.layout(&shape), shape: stored, storage });
         }
     }
     let out = Arc::new(out);

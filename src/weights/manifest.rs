@@ -219,9 +219,7 @@ impl Manifest {
         if known != self.model {
             return Err(invalid(format!("the model spec differs from dreamdist's `{}`", self.model.id)));
         }
-        if !["q8", "q4", "f16", "f32"].contains(&self.quant.as_str()) {
-            return Err(invalid(format!("unknown quantization {:?} (q8, q4, f16 or f32)", self.quant)));
-        }
+        let quant: Quant = self.quant.parse().map_err(|e: Error| invalid(e.to_string()))?;
         if !is_sha256_hex(&self.identity.text_encoder) {
             return Err(invalid("identity.text_encoder is not a lower-case hex SHA-256"));
         }
@@ -334,7 +332,7 @@ impl Manifest {
         }
         // What the model needs, before how the shards hold it: "unet/x is missing" says more
         // than the byte count of a shard that lacks it.
-        self.check_inventory(legacy_table)?;
+        self.check_inventory(quant, legacy_table)?;
         let mut sizes: HashMap<&str, (&str, u64)> = HashMap::new();
         for (i, r) in ranges.iter_mut().enumerate() {
             let s = &self.shards[i];
@@ -368,8 +366,7 @@ impl Manifest {
     /// scheme ([`inventory::expected`]): every tensor the model asks for, in its stored shape,
     /// layout and storage, and no other. `legacy_table` accepts a q8 token embedding (what
     /// dreamdist wrote before the table became lossless), for reconversion only.
-    fn check_inventory(&self, legacy_table: bool) -> Result<()> {
-        let quant: Quant = self.quant.parse().map_err(|e: Error| invalid(e.to_string()))?;
+    fn check_inventory(&self, quant: Quant, legacy_table: bool) -> Result<()> {
         let expected = inventory::expected(&self.model, quant);
         let mut problems = vec![];
         let mut legacy = false;

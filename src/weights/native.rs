@@ -378,14 +378,17 @@ pub fn load_uncached(
 }
 
 /// A converted model directory as a conversion source: every tensor decoded back to f32 in its
-/// checkpoint layout, each shard's SHA-256 checked before its first use. For reconversion: to
-/// another scheme, or a model written by an older dreamdist (a q8 token embedding is accepted
-/// here; its identity becomes that of the decoded table).
+/// checkpoint layout. Each shard is read once, through [`FileTransport`] (regular files only,
+/// never past their declared size + 1), and checked (size, SHA-256) before a tensor is cut from
+/// it; one shard is held at a time (tensors come in file order). For reconversion: to another
+/// scheme, or a model written by an older dreamdist (a q8 token embedding is accepted here; its
+/// identity becomes that of the decoded table).
 pub struct ConvertedDirSource {
     dir: PathBuf,
     manifest: std::rc::Rc<super::manifest::Manifest>,
     component: String,
-    verified: std::collections::HashSet<usize>,
+    /// The shard read last: (index, verified bytes).
+    shard: Option<(usize, Vec<u8>)>,
     used: usize,
 }
 
@@ -401,54 +404,52 @@ impl ConvertedDirSource {
             dir: dir.to_path_buf(),
             manifest: shared.clone(),
             component: c.to_string(),
-            verified: Default::default(),
+            shard: None,
             used: 0,
         };
         let [a, b, c] = super::manifest::COMPONENTS;
         Ok(([one(a), one(b), one(c)], m))
     }
 
-    fn verify(&mut self, shard: usize) -> Result<()> {
-        use sha2::Digest;
-        if self.verified.contains(&shard) {
-            return Ok(());
-        }
-        let s = &self.manifest.shards[shard];
-        let path = self.dir.join(&s.file);
-        let (mut f, len) = open_regular(&path.display().to_string())
-            .map_err(|e| Error::Weights(format!("{}: {e}", path.display())))?;
-        if len != s.bytes {
-            return Err(Error::Weights(format!(
-                "{}: the file has {len} bytes; the manifest says {}",
-                path.display(),
-                s.bytes
-            )));
-        }
-        let mut h = sha2::Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-            if n == 0 {
-                break;
+    /// Shard `i`'s bytes, read and verified on first use.
+    async fn shard(&mut self, i: usize) -> Result<&[u8]> {
+        if self.shard.as_ref().is_none_or(|(at, _)| *at != i) {
+            self.shard = None;
+            let s = &self.manifest.shards[i];
+            let path = self.dir.join(&s.file).display().to_string();
+            let mut bytes = Vec::with_capacity(s.bytes as usize);
+            FileTransport
+                .get(&path, 0, None, s.bytes + 1, &mut |c| bytes.extend_from_slice(c))
+                .await
+                .map_err(|e| Error::Weights(format!("{path}: {e}")))?;
+            if bytes.len() as u64 > s.bytes {
+                return Err(Error::Weights(format!(
+                    "{path}: the file is larger than the manifest's {} bytes",
+                    s.bytes
+                )));
             }
-            h.update(&buf[..n]);
+            if (bytes.len() as u64) < s.bytes {
+                return Err(Error::Weights(format!(
+                    "{path}: the file has {} bytes; the manifest says {}",
+                    bytes.len(),
+                    s.bytes
+                )));
+            }
+            let digest = super::sha256_hex(&bytes);
+            if digest != s.sha256 {
+                return Err(Error::Weights(format!(
+                    "{path}: the file does not match its manifest (its SHA-256 is {digest}, the manifest says {})",
+                    s.sha256
+                )));
+            }
+            self.shard = Some((i, bytes));
         }
-        let digest = super::hex(&h.finalize());
-        if digest != s.sha256 {
-            return Err(Error::Weights(format!(
-                "{}: the file does not match its manifest (its SHA-256 is {digest}, the manifest says {})",
-                path.display(),
-                s.sha256
-            )));
-        }
-        self.verified.insert(shard);
-        Ok(())
+        Ok(&self.shard.as_ref().expect("just read").1)
     }
 }
 
 impl super::convert::TensorSource for ConvertedDirSource {
     async fn tensor(&mut self, name: &str, shape: &[usize], _init: super::Init) -> Result<Vec<f32>> {
-        use std::io::{Seek, SeekFrom};
         let full = format!("{}/{name}", self.component);
         let m = self.manifest.clone();
         let t =
@@ -456,13 +457,8 @@ impl super::convert::TensorSource for ConvertedDirSource {
         self.used += 1;
         let mut bytes = Vec::with_capacity(t.byte_len() as usize);
         for p in &t.parts {
-            self.verify(p.shard)?;
-            let path = self.dir.join(&m.shards[p.shard].file);
-            let mut f = std::fs::File::open(&path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-            f.seek(SeekFrom::Start(p.offset)).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-            let at = bytes.len();
-            bytes.resize(at + p.length as usize, 0);
-            f.read_exact(&mut bytes[at..]).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+            // The manifest was validated: every part lies inside its shard.
+            bytes.extend_from_slice(&self.shard(p.shard).await?[p.offset as usize..(p.offset + p.length) as usize]);
         }
         let values = super::quant::decode(&bytes, &t.shape, t.storage)?;
         Ok(match t.layout {
