@@ -902,19 +902,7 @@ fn hostile_manifests_are_refused_before_their_shards_are_fetched() {
 
     let huge = vec![0u8; MAX_SHARD_BYTES as usize];
     let sha = sha256_hex(&huge);
-    let mut w = v.clone();
-    let first = f.manifest.shards.len();
-    for i in 0..32 {
-        w["shards"].as_array_mut().unwrap().push(json!({
-            "file": format!("unet-huge-{i:02}.bin"), "sha256": sha, "bytes": MAX_SHARD_BYTES, "component": "unet",
-        }));
-    }
-    let parts: Vec<Value> =
-        (0..32).map(|i| json!({"shard": first + i, "offset": 0, "length": MAX_SHARD_BYTES})).collect();
-    w["tensors"].as_array_mut().unwrap().push(json!({
-        "name": "unet/huge", "shape": [1 << 14, 1 << 15], "storage": "f32", "layout": "plain", "parts": parts,
-    }));
-    w["total_bytes"] = (f.manifest.total_bytes + 32 * MAX_SHARD_BYTES).into();
+    let w = crate::with_huge_tensor(&f.manifest, &sha);
     // The one real file, and hard links to it for the other names (64 MiB on disk).
     let files = |d: &Path| {
         std::fs::write(d.join("unet-huge-00.bin"), &huge).unwrap();

@@ -66,3 +66,25 @@ pub fn gpu_shared() -> RwLockReadGuard<'static, ()> {
 pub fn gpu_exclusive() -> RwLockWriteGuard<'static, ()> {
     GPU.write().unwrap_or_else(|e| e.into_inner())
 }
+
+/// `m` (as JSON) with the allocation attack added: a 2 GiB f32 tensor `unet/huge` the
+/// model never asked for, its 32 parts in 32 declared 64 MiB shards `unet-huge-NN.bin` that all
+/// name `sha256` (one file's worth of download through a hash-keyed cache).
+pub fn with_huge_tensor(m: &Manifest, sha256: &str) -> serde_json::Value {
+    use dreamdist::weights::manifest::MAX_SHARD_BYTES;
+    use serde_json::json;
+    let mut w = serde_json::to_value(m).unwrap();
+    let first = m.shards.len();
+    for i in 0..32 {
+        w["shards"].as_array_mut().unwrap().push(json!({
+            "file": format!("unet-huge-{i:02}.bin"), "sha256": sha256, "bytes": MAX_SHARD_BYTES, "component": "unet",
+        }));
+    }
+    let parts: Vec<serde_json::Value> =
+        (0..32).map(|i| json!({"shard": first + i, "offset": 0, "length": MAX_SHARD_BYTES})).collect();
+    w["tensors"].as_array_mut().unwrap().push(json!({
+        "name": "unet/huge", "shape": [1 << 14, 1 << 15], "storage": "f32", "layout": "plain", "parts": parts,
+    }));
+    w["total_bytes"] = (m.total_bytes + 32 * MAX_SHARD_BYTES).into();
+    w
+}

@@ -399,7 +399,7 @@ pub fn assert_plain(e: &str) {
 /// the manifest first), each refusal naming what is wrong.
 #[test]
 fn manifests_hold_exactly_the_models_tensors() {
-    use dreamdist::weights::manifest::{Layout, MAX_SHARD_BYTES};
+    use dreamdist::weights::manifest::Layout;
     use serde_json::{Value, json};
     let dir = tmp("inventory");
     let m = convert_tiny(&dir, Quant::Q8);
@@ -455,20 +455,7 @@ fn manifests_hold_exactly_the_models_tensors() {
     // The allocation attack: a 2 GiB tensor the model never asked for, its 32 parts in 32
     // declared 64 MiB shards that all name one hash (one 64 MiB download through a hash-keyed
     // cache). It passes the format's generic caps; the inventory refuses it.
-    let mut w = v.clone();
-    let first = m.shards.len();
-    for i in 0..32 {
-        w["shards"].as_array_mut().unwrap().push(json!({
-            "file": format!("unet-huge-{i:02}.bin"), "sha256": "ab".repeat(32), "bytes": MAX_SHARD_BYTES, "component": "unet",
-        }));
-    }
-    let parts: Vec<Value> =
-        (0..32).map(|i| json!({"shard": first + i, "offset": 0, "length": MAX_SHARD_BYTES})).collect();
-    w["tensors"].as_array_mut().unwrap().push(json!({
-        "name": "unet/huge", "shape": [1 << 14, 1 << 15], "storage": "f32", "layout": "plain", "parts": parts,
-    }));
-    w["total_bytes"] = (m.total_bytes + 32 * MAX_SHARD_BYTES).into();
-    refuse(&w, &["unet/huge is not a parameter of the model"]);
+    refuse(&crate::with_huge_tensor(&m, &"ab".repeat(32)), &["unet/huge is not a parameter of the model"]);
     // A model converted before the token embedding became lossless (the demo model as shipped
     // until 2026-12-08): refused with what to do, and readable for that reconversion.
     let legacy =
